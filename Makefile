@@ -1,0 +1,40 @@
+# Everything a newcomer needs: `make demo` (the main job) and `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN      = $(VENV)/bin
+CONFIG  ?= configs/tiny.yaml
+STAMP    = $(VENV)/.installed
+
+.PHONY: venv install demo markov test test-all lint format clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0          # CPU wheel on disk; must come first
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv install: $(STAMP)
+
+demo: $(STAMP)                                  ## the main job on the built-in default
+	$(BIN)/tsdfm pipeline --config $(CONFIG)
+
+markov: $(STAMP)                                ## the exact benchmark
+	$(BIN)/tsdfm pipeline --config configs/markov.yaml
+
+test: $(STAMP)                                  ## fast hermetic tests (what CI runs)
+	$(BIN)/python -m pytest -q -m "not slow and not network"
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

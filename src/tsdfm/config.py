@@ -1,0 +1,319 @@
+"""Typed configuration: dataclasses, YAML files, ``key=value`` overrides, early validation.
+
+Every stage is driven by an :class:`ExperimentConfig`. A YAML file fills it section by section;
+command-line overrides such as ``teacher.train.steps=200`` are applied on top; the *resolved*
+config is saved beside every artifact so a result can always be traced to what produced it.
+Unknown keys are errors (with a did-you-mean), never silently ignored: a typo in a config must not
+cost a training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tsdfm.data.spec import DataSpec, MarkovSpec
+from tsdfm.errors import TsdfmError
+
+SOURCES = ("mask", "uniform")
+
+
+@dataclass
+class ModelConfig:
+    """Transformer shape. ``time_cond=None`` means: on for the uniform source, off for mask.
+
+    A mask-source denoiser does not need t: the number of masks in x_t already tells it how far
+    along the path it is, and dropping t is what makes forward caching exact.
+    """
+
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    time_cond: bool | None = None
+
+    def validate(self, where: str) -> None:
+        _positive(self, where, "dim", "n_layers", "n_heads", "mlp_ratio")
+        if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
+            raise TsdfmError(
+                f"{where}.dim={self.dim} must be divisible by n_heads={self.n_heads} with an even "
+                "head size (rotary positions rotate pairs of channels)"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise TsdfmError(f"{where}.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class FlowConfig:
+    """The probability path: source distribution and scheduler kappa(t)."""
+
+    source: str = "mask"
+    scheduler: str = "polynomial"
+    exponent: float = 1.0
+
+    def validate(self, where: str = "flow") -> None:
+        _choice(self, where, "source", SOURCES)
+        _choice(self, where, "scheduler", ("polynomial", "cosine"))
+        _positive(self, where, "exponent")
+
+
+@dataclass
+class TrainConfig:
+    """One training stage's optimisation budget (AdamW, warm-up + cosine, EMA, checkpoints)."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.03
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    loss: str = "ce"
+    eval_every: int = 250
+    eval_batches: int = 8
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    max_bad_steps: int = 10
+    num_threads: int = 0
+    tensorboard: bool = False
+
+    def validate(self, where: str) -> None:
+        _positive(self, where, "steps", "batch_size", "lr", "eval_every", "eval_batches")
+        _positive(self, where, "ckpt_every", "keep_checkpoints", "log_every", "max_bad_steps")
+        _nonneg(self, where, "warmup_steps", "weight_decay", "grad_clip", "num_threads")
+        for name in ("ema_decay", "beta1", "beta2", "min_lr_ratio"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0 + (name == "min_lr_ratio"):
+                raise TsdfmError(f"{where}.{name} must be in [0, 1), got {v}")
+        _choice(self, where, "loss", ("ce", "gkl"))
+
+
+@dataclass
+class TeacherConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class SampleConfig:
+    """Defaults for ``tsdfm sample`` and the pipeline's sampling stage."""
+
+    steps: int = 1024
+    num: int = 16
+    batch_size: int = 64
+    seed: int = 0
+    top_k: int | None = None
+    top_p: float | None = None
+    cache: bool = True
+
+    def validate(self, where: str = "sample") -> None:
+        _positive(self, where, "steps", "num", "batch_size")
+        if self.top_k is not None and self.top_k < 1:
+            raise TsdfmError(f"{where}.top_k must be >= 1 or null, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise TsdfmError(f"{where}.top_p must be in (0, 1] or null, got {self.top_p}")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    data: DataSpec = field(default_factory=DataSpec)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def validate(self) -> ExperimentConfig:
+        self.data.validate()
+        self.flow.validate()
+        self.teacher.model.validate("teacher.model")
+        self.teacher.train.validate("teacher.train")
+        self.sample.validate()
+        return self
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _positive(obj: Any, where: str, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) <= 0:
+            raise TsdfmError(f"{where}.{n} must be > 0, got {getattr(obj, n)}")
+
+
+def _nonneg(obj: Any, where: str, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) < 0:
+            raise TsdfmError(f"{where}.{n} must be >= 0, got {getattr(obj, n)}")
+
+
+def _choice(obj: Any, where: str, name: str, options: tuple[str, ...]) -> None:
+    v = getattr(obj, name)
+    if v not in options:
+        raise TsdfmError(f"{where}.{name} must be one of {', '.join(options)}; got {v!r}")
+
+
+def _did_you_mean(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type, with a clear error when impossible."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except TsdfmError as e:
+                errors.append(str(e))
+        raise TsdfmError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TsdfmError(f"{where} must be a mapping of keys, got {value!r}")
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TsdfmError(f"{where} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+            raise TsdfmError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TsdfmError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise TsdfmError(f"{where} must be a string, got {value!r}")
+        return value
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise TsdfmError(f"{where} must be a list, got {value!r}")
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a (possibly partial) mapping; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise TsdfmError(
+                f"unknown config key {where}.{key}{_did_you_mean(key, names)}; "
+                f"valid keys here: {', '.join(names)}"
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any, cls: type) -> None:
+    parts = dotted.split(".")
+    node, node_cls, where = tree, cls, "config"
+    for i, part in enumerate(parts):
+        names = [f.name for f in fields(node_cls)] if is_dataclass(node_cls) else []
+        if part not in names:
+            raise TsdfmError(
+                f"unknown config key {where}.{part}{_did_you_mean(part, names)}; "
+                f"valid keys here: {', '.join(names)}"
+            )
+        hint = typing.get_type_hints(node_cls)[part]
+        where = f"{where}.{part}"
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise TsdfmError(f"{where} is not a section; cannot set {dotted}")
+            node_cls = hint
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise TsdfmError(
+                f"override {item!r} must look like key=value (e.g. teacher.train.steps=100)"
+            )
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key.strip(), value))
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config (or the built-in defaults when ``path`` is None) and apply overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise TsdfmError(f"config file not found: {path} (see configs/ for the built-in ones)")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise TsdfmError(f"config file {path} is not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise TsdfmError(f"config file {path} must hold a mapping at the top level")
+        tree = loaded
+        tree.setdefault("name", path.stem)
+    for key, value in parse_overrides(overrides or []):
+        _set_path(tree, key, value, ExperimentConfig)
+    return from_dict(ExperimentConfig, tree).validate()
+
+
+def save_config(cfg: Any, path: Path) -> None:
+    from tsdfm.artifacts import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    return dataclasses.replace(cfg, **changes)
+
+
+__all__ = [
+    "DataSpec",
+    "ExperimentConfig",
+    "FlowConfig",
+    "MarkovSpec",
+    "ModelConfig",
+    "SampleConfig",
+    "TeacherConfig",
+    "TrainConfig",
+    "from_dict",
+    "load_config",
+    "parse_overrides",
+    "save_config",
+    "to_dict",
+]

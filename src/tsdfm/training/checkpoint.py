@@ -1,0 +1,81 @@
+"""Training checkpoints: atomic, checksummed, with an atomic ``latest`` pointer; keep the last k.
+
+``checkpoints/step_0000500.pt`` holds everything needed to continue *exactly*: model, EMA,
+optimizer, LR scheduler, the noise generator's state and the step. ``checkpoints/latest.json``
+names the newest file and its sha256; it is replaced atomically after the checkpoint itself is
+complete, so a crash at any instant leaves a loadable pair. A corrupt newest checkpoint is named
+and the previous one is used instead.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tsdfm.artifacts import atomic_write, atomic_write_json, read_json, sha256_file
+from tsdfm.errors import TsdfmError
+
+POINTER = "latest.json"
+INDEX = "index.json"
+
+
+class CheckpointManager:
+    def __init__(self, directory: Path, keep: int = 2):
+        self.directory = Path(directory)
+        self.keep = max(1, keep)
+
+    def _index(self) -> list[dict[str, Any]]:
+        path = self.directory / INDEX
+        return read_json(path, "checkpoint index") if path.is_file() else []
+
+    def save(self, state: dict[str, Any], step: int) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data = buf.getvalue()
+        free = shutil.disk_usage(self.directory).free
+        if free < 2 * len(data):
+            raise TsdfmError(
+                f"not enough disk space for a checkpoint in {self.directory} "
+                f"({free / 2**20:.1f} MiB free, {len(data) / 2**20:.1f} MiB needed): free some space "
+                "and resume with --resume"
+            )
+        path = self.directory / f"step_{step:07d}.pt"
+        atomic_write(path, lambda p: p.write_bytes(data))
+        entry = {"file": path.name, "step": step, "sha256": sha256_file(path)}
+        index = [e for e in self._index() if e["step"] != step] + [entry]
+        index.sort(key=lambda e: e["step"])
+        stale, index = index[: -self.keep], index[-self.keep :]
+        atomic_write_json(self.directory / INDEX, index)
+        atomic_write_json(self.directory / POINTER, entry)
+        for e in stale:
+            (self.directory / e["file"]).unlink(missing_ok=True)
+        return path
+
+    def has_checkpoint(self) -> bool:
+        return (self.directory / POINTER).is_file()
+
+    def load_latest(self) -> tuple[dict[str, Any], int]:
+        """Newest intact checkpoint; skips (and names) corrupt ones, errors if none is intact."""
+        if not self.has_checkpoint():
+            raise TsdfmError(f"no checkpoint to resume from in {self.directory}")
+        candidates = [read_json(self.directory / POINTER, "checkpoint pointer")]
+        candidates += [e for e in reversed(self._index()) if e["step"] != candidates[0]["step"]]
+        problems = []
+        for entry in candidates:
+            path = self.directory / entry["file"]
+            if not path.is_file():
+                problems.append(f"{path} is missing")
+                continue
+            if sha256_file(path) != entry["sha256"]:
+                problems.append(f"{path} is corrupt (checksum mismatch)")
+                continue
+            if problems:
+                print(f"warning: {'; '.join(problems)}; resuming from {path.name} instead")
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            return state, entry["step"]
+        raise TsdfmError("no intact checkpoint: " + "; ".join(problems))

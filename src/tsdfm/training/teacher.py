@@ -1,0 +1,115 @@
+"""Stage: train the DFM teacher on prepared data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from tsdfm.artifacts import atomic_write_json, ensure_writable, now_iso
+from tsdfm.config import ExperimentConfig, save_config
+from tsdfm.data import load_prepared
+from tsdfm.errors import TsdfmError
+from tsdfm.models import Denoiser, DenoiserConfig, count_parameters
+from tsdfm.training.loop import Trainer
+from tsdfm.training.objectives import DenoisingObjective
+
+
+def teacher_model_config(cfg: ExperimentConfig, tokenizer, seq_len: int) -> DenoiserConfig:
+    m = cfg.teacher.model
+    time_cond = m.time_cond if m.time_cond is not None else cfg.flow.source == "uniform"
+    return DenoiserConfig(
+        vocab_size=tokenizer.vocab_size,
+        num_classes=tokenizer.num_classes,
+        max_len=seq_len,
+        dim=m.dim,
+        n_layers=m.n_layers,
+        n_heads=m.n_heads,
+        mlp_ratio=m.mlp_ratio,
+        dropout=m.dropout,
+        time_cond=time_cond,
+        source=cfg.flow.source,
+        scheduler=cfg.flow.scheduler,
+        exponent=cfg.flow.exponent,
+        tokenizer_fingerprint=tokenizer.fingerprint(),
+        extra={"config_name": cfg.name},
+    )
+
+
+def prepare_run_dir(out_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite an earlier run unless asked to resume it (nothing is ever lost)."""
+    ensure_writable(out_dir)
+    ckpts = out_dir / "checkpoints"
+    if not resume and (ckpts.exists() or (out_dir / "model").exists()):
+        raise TsdfmError(
+            f"{out_dir} already holds a training run; pass --resume to continue it, or choose "
+            "another --out"
+        )
+
+
+def train_teacher(
+    cfg: ExperimentConfig,
+    data_dir: Path,
+    out_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    data = load_prepared(data_dir)
+    prepare_run_dir(out_dir, resume)
+    tcfg = cfg.teacher.train
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    torch.manual_seed(tcfg.seed)
+    mcfg = teacher_model_config(cfg, data.tokenizer, data.seq_len)
+    model = Denoiser(mcfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    objective = DenoisingObjective(
+        cfg.flow.source,
+        cfg.flow.scheduler,
+        cfg.flow.exponent,
+        mcfg.mask_id,
+        mcfg.num_classes,
+        tcfg.loss,
+    )
+    n_params = count_parameters(model)
+    print(
+        f"[teacher] {n_params / 1e6:.2f}M parameters, source={cfg.flow.source}, "
+        f"time_cond={mcfg.time_cond}, L={data.seq_len}, {len(data.split('train'))} training blocks"
+    )
+    trainer = Trainer(
+        model,
+        objective,
+        data.split("train"),
+        data.split("valid"),
+        tcfg,
+        out_dir,
+        "teacher",
+        progress=progress,
+    )
+    result = trainer.fit(resume=resume)
+    if result.interrupted:
+        raise SystemExit(130)
+    model_dir = result.model.save_pretrained(out_dir / "model", tokenizer=data.tokenizer)
+    atomic_write_json(
+        out_dir / "summary.json",
+        {
+            "stage": "teacher",
+            "complete": True,
+            "finished": now_iso(),
+            "parameters": n_params,
+            "steps": result.steps,
+            "final_val_loss": result.final_val_loss,
+            "train_seconds": round(result.seconds, 1),
+            "tokens_per_second": round(result.tokens_per_second, 1),
+            "bad_steps": result.bad_steps,
+            "data": str(data_dir),
+            "model_config": asdict(mcfg),
+        },
+    )
+    print(
+        f"[teacher] done: val_loss {result.final_val_loss:.4f} in {result.seconds:.0f}s -> {model_dir}"
+    )
+    return model_dir
