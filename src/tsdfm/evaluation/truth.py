@@ -14,17 +14,7 @@ import torch
 
 from tsdfm.data.markov import MarkovChain
 from tsdfm.errors import TsdfmError
-
-
-def unigram_entropy(ids: torch.Tensor | np.ndarray, num_classes: int | None = None) -> np.ndarray:
-    """Per-sample entropy (nats) of the empirical unigram distribution of its tokens."""
-    arr = np.asarray(ids)
-    out = np.empty(arr.shape[0])
-    for i, row in enumerate(arr):
-        counts = np.bincount(row, minlength=num_classes or 0).astype(np.float64)
-        p = counts[counts > 0] / counts.sum()
-        out[i] = float(-(p * np.log(p)).sum())
-    return out
+from tsdfm.evaluation.metrics import unigram_entropy
 
 
 def truth_metrics(

@@ -58,3 +58,76 @@ class NextTokenObjective:
 
     def __call__(self, model, x1, generator):
         return model.token_nll(x1).mean(), {}
+
+
+class ShortcutObjective:
+    """Few-step student loss (FS-DFM): forward KL to a shortcut target on changeable positions.
+
+    Rows with ``dt = 1/N`` (the teacher's own resolution) are anchored to the frozen teacher's
+    denoiser; larger steps imitate the shortcut target built from the EMA student at ``dt/2``
+    through midpoints made by ``jump_fn`` (blind or navigated). ``target_model`` is bound to the
+    trainer's EMA copy after the trainer is built.
+    """
+
+    def __init__(
+        self, teacher: nn.Module, student_cfg, mask_id: int, num_classes: int, jump_fn=None
+    ):
+        from tsdfm.shaping import blind_jump
+
+        c = teacher.config
+        self.teacher, self.cfg, self.mask_id, self.num_classes = (
+            teacher,
+            student_cfg,
+            mask_id,
+            num_classes,
+        )
+        self.source = c.source
+        self.scheduler = make_scheduler(c.scheduler, c.exponent)
+        self.jump_fn = jump_fn or blind_jump(self.scheduler, self.source, mask_id)
+        self.target_model: nn.Module | None = None
+
+    def targets(self, x_t, t, dt, generator):
+        from tsdfm.shaping import shortcut_target
+
+        n = self.cfg.teacher_steps
+        anchor = dt <= (1.0 / n) * 1.0001
+        target = torch.empty(*x_t.shape, self.num_classes)
+        with torch.no_grad():
+            if anchor.any():
+                a = anchor.nonzero().squeeze(1)
+                target[a] = torch.log_softmax(self.teacher(x_t[a], t[a], dt[a]).float(), dim=-1)
+            if (~anchor).any():
+                r = (~anchor).nonzero().squeeze(1)
+                ema = self.target_model if self.target_model is not None else self.teacher
+                target[r] = shortcut_target(
+                    lambda x, tt, hh: ema(x, tt, hh),
+                    x_t[r],
+                    t[r],
+                    dt[r],
+                    method=self.cfg.target,
+                    space=self.cfg.target_space,
+                    scheduler=self.scheduler,
+                    source=self.source,
+                    mask_id=self.mask_id,
+                    jump_fn=self.jump_fn,
+                    generator=generator,
+                )
+        return target, anchor
+
+    def __call__(self, model, x1, generator):
+        from tsdfm.shaping import distillation_loss, sample_step_and_time
+
+        dt, t = sample_step_and_time(
+            x1.shape[0], self.cfg.teacher_steps, self.cfg.dt_weights, generator
+        )
+        x_t = sample_path(
+            x1, t, self.scheduler, self.source, self.mask_id, self.num_classes, generator
+        )
+        target, anchor = self.targets(x_t, t, dt, generator)
+        positions = (
+            (x_t == self.mask_id)
+            if self.source == "mask"
+            else torch.ones_like(x_t, dtype=torch.bool)
+        )
+        loss = distillation_loss(model(x_t, t, dt), target, positions)
+        return loss, {"anchor_frac": float(anchor.float().mean())}

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from tsdfm.artifacts import atomic_write_json, ensure_writable, now_iso
+from tsdfm.artifacts import ensure_writable
 from tsdfm.config import ExperimentConfig, save_config
 from tsdfm.data import load_prepared
 from tsdfm.errors import TsdfmError
 from tsdfm.models import Denoiser, DenoiserConfig, count_parameters
 from tsdfm.training.loop import Trainer
 from tsdfm.training.objectives import DenoisingObjective
+from tsdfm.training.summary import write_summary
 
 
 def teacher_model_config(cfg: ExperimentConfig, tokenizer, seq_len: int) -> DenoiserConfig:
@@ -93,22 +93,7 @@ def train_teacher(
     if result.interrupted:
         raise SystemExit(130)
     model_dir = result.model.save_pretrained(out_dir / "model", tokenizer=data.tokenizer)
-    atomic_write_json(
-        out_dir / "summary.json",
-        {
-            "stage": "teacher",
-            "complete": True,
-            "finished": now_iso(),
-            "parameters": n_params,
-            "steps": result.steps,
-            "final_val_loss": result.final_val_loss,
-            "train_seconds": round(result.seconds, 1),
-            "tokens_per_second": round(result.tokens_per_second, 1),
-            "bad_steps": result.bad_steps,
-            "data": str(data_dir),
-            "model_config": asdict(mcfg),
-        },
-    )
+    write_summary(out_dir, "teacher", result, n_params, data_dir, mcfg)
     print(
         f"[teacher] done: val_loss {result.final_val_loss:.4f} in {result.seconds:.0f}s -> {model_dir}"
     )

@@ -1,0 +1,185 @@
+"""Shortcut self-distillation targets (FS-DFM, arXiv 2509.20624), pure tensor code.
+
+A student ``f(x_t, t, dt)`` must land, in one step of size ``dt``, where finer steps would.
+Its target for ``(x_t, t, dt)`` is built from the EMA student at half the step, ``h = dt/2``:
+
+RK4-style (three midpoints, each a stochastic jump from ``x_t``, mirroring
+``k2 = f(x + h k1)``, ``k3 = f(x + h k2)``, ``k4 = f(x + dt k3)`` of continuous RK4)::
+
+    k1 = f(x_t, t, h);          m1 = jump(x_t, k1, t -> t + h)
+    k2 = f(m1, t + h, h);       m2 = jump(x_t, k2, t -> t + h)
+    k3 = f(m2, t + h, h);       m3 = jump(x_t, k3, t -> t + dt)
+    k4 = f(m3, t + dt, h)
+
+Heun-style (two chained half steps, the cheap variant)::
+
+    k1 = f(x_t, t, h);  m1 = jump(x_t, k1, t -> t + h);  k2 = f(m1, t + h, h)
+
+Two ways to combine them (``space``):
+
+* ``logits``: average the logits with weights (1, 2, 2, 1)/6 (RK4) or (1, 1)/2 (Heun) -- a
+  product of experts, sharper than any of its members (mode-seeking). FS-DFM's choice.
+* ``probs``: average the *probabilities* instead. For Heun this is the marginal-exact
+  composition of two masked half steps, ``(q1 p(k1) + (1 - q1) q2 p(k2)) / q`` (equal weights
+  for linear kappa); RK4 uses its (1, 2, 2, 1)/6 weights. Because the exact
+  denoiser is a martingale, ``E[p(k_i)] = p(k1)`` and this target equals the one-step posterior
+  in expectation: a student trained on it reproduces the teacher at equal steps (a correctness
+  check), and only *biased* midpoints -- trajectory shaping -- can move it elsewhere.
+
+In both spaces, a position that is no longer at the source token in the midpoint a k_i was
+evaluated on contributes k1 in place of k_i: it has already jumped, so k_i (the denoiser's
+output at a committed position, which a mask-source model is never trained on) says nothing
+about where it lands from ``x_t``.
+
+The midpoint jump is a seam: ``jump_fn(x, logits, t, h, generator) -> x_next``. Blind
+distillation passes :func:`blind_jump`; trajectory shaping passes a navigated jump, and nothing
+else here changes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from tsdfm.errors import TsdfmError
+from tsdfm.flow import Scheduler, jump, switch_probability
+
+ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+JumpFn = Callable[[Tensor, Tensor, Tensor, Tensor, torch.Generator], Tensor]
+
+DT_SCHEMES = ("inverse", "chain")
+
+
+def step_sizes(teacher_steps: int) -> Tensor:
+    """The admissible step sizes ``{1, 1/2, ..., 1/N}`` (float64, largest first)."""
+    n = int(round(math.log2(teacher_steps)))
+    if 2**n != teacher_steps:
+        raise TsdfmError(f"teacher_steps must be a power of two, got {teacher_steps}")
+    return torch.tensor([2.0**-j for j in range(n + 1)], dtype=torch.float64)
+
+
+def step_size_weights(teacher_steps: int, scheme: str) -> Tensor:
+    """Sampling weights over :func:`step_sizes`.
+
+    ``inverse``: proportional to 1/dt (FS-DFM); half of all rows get dt = 1/N and only ~3% get
+    dt = 1/8 at N = 1,024, which starves an 8-step student at small budgets.
+    ``chain``: equal weight on every power-of-two size, so each link of the chain
+    1/N -> ... -> 1/8 -> ... -> 1 is trained equally often.
+    """
+    sizes = step_sizes(teacher_steps)
+    if scheme == "inverse":
+        w = 1.0 / sizes
+    elif scheme == "chain":
+        w = torch.ones_like(sizes)
+    else:
+        raise TsdfmError(f"unknown dt_weights {scheme!r}; choose one of {', '.join(DT_SCHEMES)}")
+    return w / w.sum()
+
+
+def sample_step_and_time(
+    batch: int, teacher_steps: int, scheme: str, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """``dt ~ weights`` and ``t = k / N`` uniform on the grid with ``t + dt <= 1`` (float32 [B])."""
+    sizes = step_sizes(teacher_steps)
+    idx = torch.multinomial(
+        step_size_weights(teacher_steps, scheme), batch, True, generator=generator
+    )
+    dt = sizes[idx]
+    span = (teacher_steps - (dt * teacher_steps).round()).long()  # admissible k in [0, span]
+    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    k = (u * (span + 1).double()).floor().clamp(max=span.double())
+    t = k / teacher_steps
+    return dt.float(), t.float()
+
+
+def blind_jump(scheduler: Scheduler, source: str, mask_id: int) -> JumpFn:
+    """The unshaped midpoint jump: one exact stochastic step of the mixture path."""
+
+    def _jump(
+        x: Tensor, logits: Tensor, t: Tensor, h: Tensor, generator: torch.Generator
+    ) -> Tensor:
+        return jump(x, logits, t.double(), h.double(), scheduler, source, mask_id, generator)
+
+    return _jump
+
+
+def _at_source(x: Tensor, source: str, mask_id: int) -> Tensor:
+    """Positions that have not jumped yet (mask source); every position for uniform."""
+    if source == "mask":
+        return x == mask_id
+    return torch.ones_like(x, dtype=torch.bool)
+
+
+@torch.no_grad()
+def shortcut_target(
+    model_fn: ModelFn,
+    x_t: Tensor,
+    t: Tensor,
+    dt: Tensor,
+    *,
+    method: str,
+    space: str,
+    scheduler: Scheduler,
+    source: str,
+    mask_id: int,
+    jump_fn: JumpFn,
+    generator: torch.Generator,
+) -> Tensor:
+    """Target log-probabilities ``[B, L, C]`` (float32) for a step of size ``dt`` from ``x_t``."""
+    if method not in ("rk4", "heun"):
+        raise TsdfmError(f"unknown shortcut method {method!r}; choose rk4 or heun")
+    if space not in ("logits", "probs"):
+        raise TsdfmError(f"unknown target space {space!r}; choose logits or probs")
+    h = dt / 2
+    k1 = model_fn(x_t, t, h)
+    m1 = jump_fn(x_t, k1, t, h, generator)
+    k2 = model_fn(m1, t + h, h)
+    if method == "heun":
+        ks, states = [k1, k2], [x_t, m1]
+        if space == "probs":
+            # q = q1 + (1 - q1) q2, so the two weights q1/q and (1 - q1) q2 / q sum to one.
+            q1 = switch_probability(t, h, scheduler)
+            q = switch_probability(t, dt, scheduler)
+            w1 = (q1 / q.clamp_min(1e-12)).float()
+            weights = [w1, 1 - w1]
+        else:
+            weights = [0.5, 0.5]
+    else:
+        m2 = jump_fn(x_t, k2, t, h, generator)
+        k3 = model_fn(m2, t + h, h)
+        m3 = jump_fn(x_t, k3, t, dt, generator)
+        k4 = model_fn(m3, t + dt, h)
+        ks, states = [k1, k2, k3, k4], [x_t, m1, m2, m3]
+        weights = [1 / 6, 2 / 6, 2 / 6, 1 / 6]
+    to_space = (
+        (lambda k: torch.log_softmax(k.float(), dim=-1))
+        if space == "logits"
+        else (lambda k: torch.softmax(k.float(), dim=-1))
+    )
+    first = to_space(k1)
+    mix = torch.zeros_like(first)
+    for w, k, state in zip(weights, ks, states, strict=True):
+        live = _at_source(state, source, mask_id).unsqueeze(-1)
+        mix = mix + _bcast(w, k1) * torch.where(live, to_space(k), first)
+    if space == "logits":
+        return torch.log_softmax(mix, dim=-1)
+    return mix.clamp_min(1e-30).log()
+
+
+def _bcast(w: float | Tensor, like: Tensor) -> float | Tensor:
+    return w.view(-1, 1, 1).to(like.device) if isinstance(w, Tensor) else w
+
+
+def distillation_loss(student_logits: Tensor, target_logp: Tensor, positions: Tensor) -> Tensor:
+    """Forward KL(target || student), averaged over the positions that can still change.
+
+    ``sum_y p(y) (log p(y) - log s(y))``; zero exactly when the student matches the target.
+    """
+    logs = torch.log_softmax(student_logits.float(), dim=-1)
+    p = target_logp.exp()
+    kl = (p * (target_logp - logs)).sum(-1)
+    w = positions.float()
+    return (kl * w).sum() / w.sum().clamp_min(1.0)

@@ -1,0 +1,147 @@
+"""Stage: distil a few-step student from a trained teacher (shortcut self-distillation)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from tsdfm.artifacts import atomic_write_json, now_iso
+from tsdfm.config import ExperimentConfig, save_config
+from tsdfm.data import load_prepared
+from tsdfm.errors import TsdfmError
+from tsdfm.models import Denoiser, build_student, count_parameters, load_pretrained
+from tsdfm.training.loop import Trainer
+from tsdfm.training.objectives import ShortcutObjective
+from tsdfm.training.teacher import prepare_run_dir
+
+
+def load_teacher(teacher_dir: Path, data) -> Denoiser:
+    teacher_dir = Path(teacher_dir)
+    if not teacher_dir.is_dir():
+        raise TsdfmError(
+            f"teacher directory not found: {teacher_dir}; train it first with `tsdfm train teacher`"
+        )
+    teacher, tok = load_pretrained(teacher_dir, expect=Denoiser)
+    if teacher.config.dt_cond:
+        raise TsdfmError(f"{teacher_dir} is already a student (it has a step-size embedding)")
+    fp = data.tokenizer.fingerprint()
+    if teacher.config.tokenizer_fingerprint and teacher.config.tokenizer_fingerprint != fp:
+        raise TsdfmError(
+            f"the teacher in {teacher_dir} was trained with another tokenizer than the data in "
+            f"{data.directory}; use the data the teacher was trained on"
+        )
+    if teacher.config.max_len < data.seq_len:
+        raise TsdfmError(
+            f"data seq_len {data.seq_len} exceeds the teacher's max length {teacher.config.max_len}"
+        )
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def quick_eval(data, steps: int = 8, num: int = 64, seed: int = 99):
+    """Periodic check during distillation: ``num`` samples at ``steps`` (exact metrics on markov)."""
+    chain = data.chain()
+
+    def _eval(model, step):
+        from tsdfm.flow import make_scheduler, sample, sample_source
+
+        c = model.config
+        g = torch.Generator().manual_seed(seed)
+        was = model.training
+        model.eval()
+        x0 = sample_source((num, data.seq_len), c.source, c.mask_id, c.num_classes, g)
+        ids = sample(
+            model, x0, steps, make_scheduler(c.scheduler, c.exponent), c.source, c.mask_id, g
+        ).ids
+        model.train(was)
+        if chain is None:
+            from tsdfm.evaluation import unigram_entropy
+
+            return {f"entropy@{steps}": round(float(unigram_entropy(ids).mean()), 4)}
+        from tsdfm.evaluation import truth_metrics
+
+        m = truth_metrics(chain, ids)
+        return {
+            f"truth_nll@{steps}": round(m["truth_nll"], 4),
+            f"tv3@{steps}": round(m["ngram_tv"]["3"], 4),
+        }
+
+    return _eval
+
+
+def train_student(
+    cfg: ExperimentConfig,
+    teacher_dir: Path,
+    data_dir: Path,
+    out_dir: Path,
+    resume: bool = False,
+    progress: bool = True,
+    jump_fn=None,
+    method: str = "blind",
+    extra: dict | None = None,
+) -> Path:
+    data_dir, out_dir, teacher_dir = Path(data_dir), Path(out_dir), Path(teacher_dir)
+    data = load_prepared(data_dir)
+    teacher = load_teacher(teacher_dir, data)
+    prepare_run_dir(out_dir, resume)
+    scfg = cfg.student.train
+    if scfg.num_threads:
+        torch.set_num_threads(scfg.num_threads)
+    torch.manual_seed(scfg.seed)
+    student = build_student(teacher, str(teacher_dir))
+    student.config.extra.update(
+        {
+            "method": method,
+            "target": cfg.student.target,
+            "target_space": cfg.student.target_space,
+            "teacher_steps": cfg.student.teacher_steps,
+            "dt_weights": cfg.student.dt_weights,
+            **(extra or {}),
+        }
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out_dir / "config.yaml")
+    objective = ShortcutObjective(
+        teacher, cfg.student, student.config.mask_id, student.config.num_classes, jump_fn
+    )
+    print(
+        f"[student:{method}] {count_parameters(student) / 1e6:.2f}M parameters from {teacher_dir}; "
+        f"target={cfg.student.target}/{cfg.student.target_space}, dt weights={cfg.student.dt_weights}"
+    )
+    trainer = Trainer(
+        student,
+        objective,
+        data.split("train"),
+        data.split("valid"),
+        scfg,
+        out_dir,
+        f"student:{method}",
+        on_eval=quick_eval(data),
+        progress=progress,
+    )
+    objective.target_model = trainer.ema.module
+    result = trainer.fit(resume=resume)
+    if result.interrupted:
+        raise SystemExit(130)
+    model_dir = result.model.save_pretrained(out_dir / "model", tokenizer=data.tokenizer)
+    atomic_write_json(
+        out_dir / "summary.json",
+        {
+            "stage": "student",
+            "method": method,
+            "complete": True,
+            "finished": now_iso(),
+            "teacher": str(teacher_dir),
+            "steps": result.steps,
+            "final_val_loss": result.final_val_loss,
+            "train_seconds": round(result.seconds, 1),
+            "sec_per_step": round(result.seconds / max(result.steps, 1), 4),
+            "bad_steps": result.bad_steps,
+            "student": asdict(cfg.student),
+        },
+    )
+    print(f"[student:{method}] done in {result.seconds:.0f}s -> {model_dir}")
+    return model_dir

@@ -1,0 +1,208 @@
+"""End-to-end CLI smoke: prepare a tiny synthetic corpus, train, resume, sample, evaluate."""
+
+import json
+
+import pytest
+import yaml
+
+from tsdfm.cli import main
+
+TINY = {
+    "name": "smoke",
+    "data": {
+        "corpus": "markov",
+        "seq_len": 16,
+        "markov": {
+            "vocab_size": 8,
+            "order": 1,
+            "alpha": 0.2,
+            "num_train": 256,
+            "num_valid": 32,
+            "num_test": 32,
+        },
+    },
+    "teacher": {
+        "model": {"dim": 32, "n_layers": 1, "n_heads": 2},
+        "train": {"steps": 6, "batch_size": 8, "eval_every": 3, "ckpt_every": 3, "log_every": 1},
+    },
+}
+
+
+@pytest.fixture
+def cfg_file(tmp_path):
+    p = tmp_path / "smoke.yaml"
+    p.write_text(yaml.safe_dump(TINY))
+    return p
+
+
+def test_prepare_train_resume_sample(tmp_path, cfg_file, capsys):
+    data, out = tmp_path / "data", tmp_path / "teacher"
+    assert (
+        main(["data", "prepare", "--config", str(cfg_file), "--out", str(data), "--no-progress"])
+        == 0
+    )
+    # a re-run is a no-op
+    assert (
+        main(["data", "prepare", "--config", str(cfg_file), "--out", str(data), "--no-progress"])
+        == 0
+    )
+    args = [
+        "train",
+        "teacher",
+        "--config",
+        str(cfg_file),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(args + ["teacher.train.steps=3"]) == 0
+    # training again into the same dir without --resume is refused, nothing is lost
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(args + ["--resume"]) == 0
+    log = (out / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in log[1:]] == [str(s) for s in range(1, 7)]
+    samples = tmp_path / "s.jsonl"
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(out / "model"),
+                "--steps",
+                "8",
+                "--num",
+                "4",
+                "--out",
+                str(samples),
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(rows) == 4 and all(len(r["ids"]) == 16 for r in rows)
+    meta = json.loads((tmp_path / "s.meta.json").read_text())
+    assert (
+        meta["steps"] == 8
+        and meta["nfe_nominal"] == 8
+        and meta["sampler"]["draw_precision"] == "float64"
+    )
+    assert main(["evaluate", "--samples", str(samples), "--data", str(data)]) == 0
+    assert "truth-NLL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "--model", "/nonexistent/model", "--steps", "8"], "not found"),
+        (["train", "teacher", "--config", "/nonexistent.yaml"], "config file not found"),
+    ],
+)
+def test_errors_exit_2(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_override_exit_2(cfg_file, capsys):
+    assert main(["data", "prepare", "--config", str(cfg_file), "data.seq_lenn=3"]) == 2
+    assert "did you mean 'seq_len'" in capsys.readouterr().err
+
+
+def test_steps_below_one(tmp_path, cfg_file, capsys):
+    data, out = tmp_path / "data", tmp_path / "teacher"
+    main(["data", "prepare", "--config", str(cfg_file), "--out", str(data), "--no-progress"])
+    main(
+        [
+            "train",
+            "teacher",
+            "--config",
+            str(cfg_file),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--no-progress",
+            "teacher.train.steps=1",
+        ]
+    )
+    assert main(["sample", "--model", str(out / "model"), "--steps", "0"]) == 2
+    assert "steps must be >= 1" in capsys.readouterr().err
+
+
+def test_student_cli(tmp_path, cfg_file, capsys):
+    data, teacher, student = tmp_path / "data", tmp_path / "teacher", tmp_path / "student"
+    main(["data", "prepare", "--config", str(cfg_file), "--out", str(data), "--no-progress"])
+    main(
+        [
+            "train",
+            "teacher",
+            "--config",
+            str(cfg_file),
+            "--data",
+            str(data),
+            "--out",
+            str(teacher),
+            "--no-progress",
+        ]
+    )
+    args = [
+        "train",
+        "student",
+        "--config",
+        str(cfg_file),
+        "--teacher",
+        str(teacher),
+        "--data",
+        str(data),
+        "--out",
+        str(student),
+        "--no-progress",
+        "student.train.steps=4",
+        "student.train.batch_size=4",
+        "student.teacher_steps=16",
+        "student.train.eval_every=4",
+    ]
+    assert main(args) == 0
+    cfgj = json.loads((student / "model" / "config.json").read_text())
+    assert (
+        cfgj["dt_cond"]
+        and cfgj["extra"]["teacher"].endswith("model")
+        and cfgj["extra"]["method"] == "blind"
+    )
+    out = tmp_path / "s.jsonl"
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(student / "model"),
+                "--steps",
+                "4",
+                "--num",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    meta = json.loads((tmp_path / "s.meta.json").read_text())
+    assert meta["nfe_actual"] == 4 and meta["method"] == "blind"
+    # a student whose teacher is missing
+    assert (
+        main(
+            args[:4]
+            + [
+                "--teacher",
+                str(tmp_path / "gone"),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
+    assert "teacher directory not found" in capsys.readouterr().err

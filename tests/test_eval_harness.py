@@ -1,0 +1,170 @@
+"""The evaluation run: results.json contract, report, plots, tokenizer check, CLI."""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tsdfm.cli import main
+from tsdfm.data import DataSpec, MarkovSpec, load_prepared, prepare_data
+from tsdfm.errors import TsdfmError
+from tsdfm.evaluation import Evaluator, Scores, TruthEvaluator
+from tsdfm.evaluation.harness import describe, evaluate
+from tsdfm.evaluation.report import ROW_KEYS, TOP_KEYS, TRUTH_KEYS, build_results, write_report
+from tsdfm.generation import SampleSet, write_samples
+
+L = 16
+
+
+class StubEvaluator(Evaluator):
+    """Every token costs 1 nat: gen-PPL must be exactly e, whatever the text."""
+
+    name = "stub"
+
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, texts, ids=None):
+        self.calls += 1
+        n = np.array([len(t.split()) for t in texts], dtype=np.int64)
+        return Scores(n.astype(np.float64), n)
+
+
+@pytest.fixture(scope="module")
+def markov(tmp_path_factory):
+    root = tmp_path_factory.mktemp("harness")
+    m = MarkovSpec(vocab_size=8, order=1, alpha=0.1, num_train=64, num_valid=16, num_test=96)
+    spec = DataSpec(corpus="markov", seq_len=L, markov=m)
+    prepare_data(spec, root / "run" / "data", cache_dir=root / "cache", progress=False)
+    return load_prepared(root / "run" / "data")
+
+
+def write_chain_samples(path: Path, data, n: int, seed: int, **meta) -> Path:
+    ids = torch.as_tensor(data.chain().sample(n, L, seed=seed))
+    meta = {"tokenizer_fingerprint": data.tokenizer.fingerprint(), **meta}
+    return write_samples(path, SampleSet(ids, data.tokenizer.decode_batch(ids), meta))
+
+
+def test_results_contract_report_and_plots(markov, tmp_path):
+    teacher = write_chain_samples(
+        tmp_path / "samples" / "teacher_8.jsonl",
+        markov,
+        40,
+        1,
+        model_type="denoiser",
+        source="mask",
+        steps=8,
+        nfe_nominal=8,
+        nfe_actual=7.5,
+        sec_per_sample=0.002,
+        tokens_per_second=8000.0,
+    )
+    shaped = write_chain_samples(
+        tmp_path / "samples" / "shaped_4.jsonl",
+        markov,
+        64,
+        2,
+        method="shaped",
+        source="mask",
+        steps=4,
+        shaping={"candidates": 4, "compass": "ar"},
+        nfe_nominal=4,
+        nfe_actual=4,
+        sec_per_sample=0.001,
+    )
+    stub = StubEvaluator()
+    evs = {"truth": TruthEvaluator(markov.chain()), "stub": stub}
+    out = tmp_path / "eval"
+    res = evaluate([teacher, shaped], evs, markov.directory, out_dir=out, plots=False)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == res
+    assert tuple(res) == TOP_KEYS and res["config"] == "run"
+    assert res["evaluators"] == ["truth", "stub"] and {"tsdfm", "torch"} <= set(res["versions"])
+    assert stub.calls == 3  # data row + two files, one evaluator object for the whole run
+    data_row, t_row, s_row = res["rows"]
+    for row in res["rows"]:
+        assert set(ROW_KEYS) <= set(row) and set(TRUTH_KEYS) <= set(row)
+        assert tuple(row)[: len(ROW_KEYS)] == ROW_KEYS
+        assert set(row["gen_ppl"]) == {"truth", "stub"}
+        assert row["gen_ppl"]["stub"] == pytest.approx(math.e)
+        assert row["seq_len"] == L and 0 < row["distinct_2"] <= 1 and row["entropy_std"] >= 0
+    assert data_row["method"] == "data" and data_row["samples"] is None
+    assert data_row["num_samples"] == 64  # as many as the largest file
+    assert (t_row["method"], t_row["source"], t_row["steps"], t_row["candidates"]) == (
+        "teacher",
+        "mask",
+        8,
+        None,
+    )
+    assert (s_row["method"], s_row["candidates"], s_row["compass"]) == ("shaped", 4, "ar")
+    assert (out / t_row["samples"]).resolve() == teacher.resolve()
+    assert t_row["nfe_actual"] == 7.5 and t_row["tokens_per_second"] == 8000.0
+    # chain samples and the test split both score H within sampling error
+    for row in (data_row, t_row):
+        assert abs(row["truth_nll"] - row["expected_nll"]) < 4 * row["truth_nll_se"] + 1e-9
+        assert math.log(row["gen_ppl"]["truth"]) == pytest.approx(row["truth_nll"])
+    report = (out / "report.md").read_text()
+    assert "gen-PPL truth" in report and "entropy (std)" in report and "data (test split)" in report
+    assert not (out / "plots").exists()
+
+
+def test_plots_are_written_and_linked(tmp_path):
+    rows = [
+        {"method": "data", "steps": None, "gen_ppl": {"a": 30.0}, "entropy": 4.0},
+        *[
+            {"method": m, "source": "mask", "steps": s, "candidates": k, "entropy": 3.9}
+            | {"gen_ppl": {"a": 40.0 + 100 / s}}
+            for m, k in (("teacher", None), ("shaped", 4))
+            for s in (8, 64, 1024)
+        ],
+    ]
+    results = build_results("demo", ["a"], [_complete(r) for r in rows])
+    write_report(tmp_path, results)
+    report = (tmp_path / "report.md").read_text()
+    for png in ("gen_ppl_vs_steps.png", "frontier.png"):
+        assert (tmp_path / "plots" / png).stat().st_size > 1000 and f"plots/{png}" in report
+
+
+def _complete(row):
+    return {k: row.get(k) for k in ROW_KEYS} | row
+
+
+def test_tokenizer_mismatch_is_named(markov, tmp_path):
+    path = write_chain_samples(tmp_path / "s.jsonl", markov, 4, 0)
+    meta_file = tmp_path / "s.meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["tokenizer_fingerprint"] = "f" * 64
+    meta_file.write_text(json.dumps(meta))
+    evs = {"stub": StubEvaluator()}
+    want = markov.tokenizer.fingerprint()[:12]
+    with pytest.raises(TsdfmError, match=f"ffffffffffff.*{want}"):
+        evaluate([path], evs, markov.directory, out_dir=tmp_path / "e", plots=False)
+
+
+def test_without_data_dir_uses_file_text(markov, tmp_path):
+    path = write_chain_samples(tmp_path / "s.jsonl", markov, 5, 0, model_type="causal", steps=L)
+    res = evaluate([path], {"stub": StubEvaluator()}, None, out_dir=tmp_path / "e", plots=False)
+    (row,) = res["rows"]
+    assert row["method"] == "ar" and row["gen_ppl"]["stub"] == pytest.approx(math.e)
+    assert res["config"] == "samples"
+
+
+def test_describe_infers_method():
+    assert describe({"model_type": "causal"})["method"] == "ar"
+    assert describe({"model_type": "denoiser"})["method"] == "teacher"
+    assert describe({"method": "blind", "candidates": 1})["candidates"] == 1
+
+
+def test_cli_evaluate_markov_defaults_to_truth(markov, tmp_path, capsys):
+    path = write_chain_samples(tmp_path / "s" / "x.jsonl", markov, 8, 0, steps=64)
+    argv = ["evaluate", "--samples", str(path), "--data", str(markov.directory), "--no-plots"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "truth-NLL" in out and "| data (test split) |" in out
+    res = json.loads((tmp_path / "s" / "eval" / "results.json").read_text())
+    assert res["evaluators"] == ["truth"] and len(res["rows"]) == 2
+    assert main(["evaluate", "--samples", str(path), "--evaluators", "truth", "--no-plots"]) == 2
+    assert "markov" in capsys.readouterr().err

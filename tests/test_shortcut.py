@@ -1,0 +1,191 @@
+"""Shortcut targets and the student objective (FS-DFM recipe, DESIGN.md section 3)."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from tsdfm.config import StudentConfig, TrainConfig
+from tsdfm.flow import PolynomialScheduler, jump, switch_probability
+from tsdfm.models import Denoiser, DenoiserConfig, build_student
+from tsdfm.shaping import blind_jump, sample_step_and_time, shortcut_target, step_size_weights
+from tsdfm.training.loop import Trainer
+from tsdfm.training.objectives import ShortcutObjective
+
+V, L, MASK = 3, 3, 3
+SCHED = PolynomialScheduler(1.0)
+
+
+def joint():
+    """A correlated distribution over V**L sequences (neighbours tend to be equal)."""
+    probs = {}
+    for seq in itertools.product(range(V), repeat=L):
+        w = 1.0
+        for a, b in zip(seq, seq[1:], strict=False):
+            w *= 4.0 if a == b else 1.0
+        w *= seq[0] + 1
+        probs[seq] = w
+    z = sum(probs.values())
+    return {k: v / z for k, v in probs.items()}
+
+
+JOINT = joint()
+SEQS = torch.tensor(list(JOINT))  # [V**L, L]
+PROBS = torch.tensor(list(JOINT.values()), dtype=torch.float64)
+ONEHOT = torch.nn.functional.one_hot(SEQS, V).double()  # [S, L, V]
+
+
+def oracle(x, t, dt):
+    """Exact mask-source denoiser: p(x_i | visible tokens), by enumerating the joint."""
+    compatible = ((x[:, None, :] == MASK) | (x[:, None, :] == SEQS[None])).all(-1)  # [B, S]
+    w = compatible.double() * PROBS[None]
+    out = torch.einsum("bs,slv->blv", w, ONEHOT)
+    out = out / out.sum(-1, keepdim=True)
+    return out.clamp_min(1e-12).log().float()
+
+
+@pytest.mark.parametrize("method", ["heun", "rk4"])
+def test_probs_target_matches_two_half_step_composition(method):
+    """Exact oracle: E[probs target] = one-step posterior = empirical landing distribution of
+    two chained half steps (the martingale property), within sampling error."""
+    n = 3000
+    x_t = torch.full((n, L), MASK)
+    x_t[:, 0] = 2  # condition on a visible first token
+    t = torch.full((n,), 1 / 3)
+    dt = torch.full((n,), 0.5)
+    g = torch.Generator().manual_seed(0)
+    jf = blind_jump(SCHED, "mask", MASK)
+    target = shortcut_target(
+        oracle,
+        x_t,
+        t,
+        dt,
+        method=method,
+        space="probs",
+        scheduler=SCHED,
+        source="mask",
+        mask_id=MASK,
+        jump_fn=jf,
+        generator=g,
+    ).exp()
+    posterior = oracle(x_t[:1], t[:1], dt[:1]).exp()[0]
+    mean_target = target.double().mean(0)
+    # empirical: chain two half steps with the oracle, look at positions that unmasked
+    m1 = jump(x_t, oracle(x_t, t, dt), t.double(), 0.25, SCHED, "mask", MASK, g)
+    m2 = jump(m1, oracle(m1, t + 0.25, dt), (t + 0.25).double(), 0.25, SCHED, "mask", MASK, g)
+    for i in (1, 2):
+        landed = m2[:, i][m2[:, i] != MASK]
+        emp = torch.bincount(landed, minlength=V).double() / len(landed)
+        se = (emp * (1 - emp) / len(landed)).sqrt().clamp_min(1e-3)
+        assert ((emp - posterior[i].double()).abs() < 5 * se).all(), (i, emp, posterior[i])
+        assert torch.allclose(mean_target[i], posterior[i].double(), atol=0.02), (i, mean_target[i])
+    # probability of unmasking over the full step is q(t, dt)
+    q = float(switch_probability(1 / 3, 0.5, SCHED))
+    frac = float((m2[:, 1:] != MASK).double().mean())
+    assert abs(frac - q) < 5 * np.sqrt(q * (1 - q) / (2 * n))
+
+
+def test_logit_target_is_sharper_than_probs():
+    n = 500
+    x_t = torch.full((n, L), MASK)
+    t, dt = torch.zeros(n), torch.ones(n)
+    kw = dict(
+        method="rk4",
+        scheduler=SCHED,
+        source="mask",
+        mask_id=MASK,
+        jump_fn=blind_jump(SCHED, "mask", MASK),
+    )
+    lp = shortcut_target(
+        oracle, x_t, t, dt, space="logits", generator=torch.Generator().manual_seed(1), **kw
+    )
+    pp = shortcut_target(
+        oracle, x_t, t, dt, space="probs", generator=torch.Generator().manual_seed(1), **kw
+    )
+    ent = lambda logp: float(-(logp.exp() * logp).sum(-1).mean())  # noqa: E731
+    assert ent(lp) < ent(pp)
+
+
+def test_step_size_schemes():
+    w_inv = step_size_weights(1024, "inverse")
+    w_chain = step_size_weights(1024, "chain")
+    assert w_inv[3] < 0.01 and abs(float(w_inv[-1]) - 0.5) < 0.01  # 1/8 starved, 1/N half
+    assert torch.allclose(w_chain, torch.full_like(w_chain, 1 / 11))
+    dt, t = sample_step_and_time(4000, 64, "chain", torch.Generator().manual_seed(0))
+    assert ((t + dt) <= 1.0 + 1e-6).all()
+    assert torch.allclose((t * 64).round(), t * 64)  # on the grid k/N
+    assert set(dt.tolist()) == {2.0**-j for j in range(7)}
+
+
+def tiny_teacher(source="mask"):
+    torch.manual_seed(0)
+    return Denoiser(
+        DenoiserConfig(
+            vocab_size=9,
+            num_classes=8,
+            max_len=12,
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            time_cond=source == "uniform",
+            source=source,
+        )
+    ).eval()
+
+
+def make_student_trainer(out, source="mask", steps=30, space="probs"):
+    teacher = tiny_teacher(source)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = build_student(teacher)
+    scfg = StudentConfig(teacher_steps=16, target_space=space)
+    obj = ShortcutObjective(teacher, scfg, 8, 8)
+    rng = np.random.default_rng(0)
+    data = (rng.integers(0, 8, (64, 1)) + np.arange(12)) % 8
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=2,
+        eval_every=100,
+        ckpt_every=15,
+        log_every=1,
+        ema_decay=0.9,
+    )
+    tr = Trainer(student, obj, data, data[:16], cfg, out, progress=False)
+    obj.target_model = tr.ema.module
+    return tr
+
+
+@pytest.mark.parametrize("source", ["mask", "uniform"])
+def test_distillation_loss_decreases(tmp_path, source):
+    tr = make_student_trainer(tmp_path, source, steps=60, space="logits")
+    tr.fit()
+    import csv
+
+    rows = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "log.csv"))]
+    assert np.mean(rows[-10:]) < np.mean(rows[:10])
+
+
+def test_student_resume_is_exact(tmp_path):
+    import csv
+
+    make_student_trainer(tmp_path / "a").fit()
+    b = make_student_trainer(tmp_path / "b")
+    inner = b.objective
+
+    class Crash(Exception):
+        pass
+
+    def crash(model, x1, g):
+        if b.step == 20:
+            raise Crash
+        return inner(model, x1, g)
+
+    b.objective = crash
+    with pytest.raises(Crash):
+        b.fit()
+    make_student_trainer(tmp_path / "b").fit(resume=True)
+    read = lambda d: [(r["step"], r["loss"]) for r in csv.DictReader(open(d / "log.csv"))]  # noqa: E731
+    assert read(tmp_path / "a") == read(tmp_path / "b")
