@@ -11,9 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -88,24 +87,6 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_open(path) as f:
         f.write(data)
-
-
-def atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
-    """Call ``writer(tmp_path)`` then move the finished file onto ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        writer(tmp_path)
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     student.add_argument(
         "--resume", action="store_true", help="continue from the latest checkpoint"
     )
+    student.add_argument(
+        "--shaping",
+        choices=["none", "compass", "self", "oracle"],
+        help="trajectory shaping: none (blind), compass (causal LM at --compass), self (the "
+        "teacher scores), oracle (the true chain, markov only); default: student.shaping of the "
+        "config (blind when its candidates == 1)",
+    )
+    student.add_argument("--compass", help="causal LM run dir or model dir for --shaping compass")
+    student.add_argument("--candidates", type=int, help="K candidate jumps per midpoint")
+    student.add_argument("--select", choices=["argmin", "softmax"], help="how to keep one")
+    student.add_argument("--tau", type=float, help="temperature of --select softmax")
 
     smp = sub.add_parser("sample", help="draw samples from a model directory")
     smp.add_argument(
@@ -81,6 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--no-cache", action="store_true", help="disable forward caching")
     smp.add_argument("--out", help="samples.jsonl to write (default: next to the model)")
     smp.add_argument("--show", type=int, default=8, help="how many samples to print")
+
+    gp = sub.add_parser("generate", help="generate text, optionally from a prompt or template")
+    gp.add_argument("--model", required=True, help="model dir or run dir (e.g. runs/tiny/teacher)")
+    gp.add_argument("--prompt", help="prefix text, kept fixed; the rest is generated")
+    gp.add_argument("--suffix", help="text fixed at the end of the sequence (DFM models only)")
+    gp.add_argument(
+        "--infill", help='template, one [MASK] per generated token: "The [MASK] sat on the mat"'
+    )
+    gp.add_argument("--steps", type=int, default=8)
+    gp.add_argument("--num", type=int, default=4)
+    gp.add_argument("--seed", type=int, default=0)
+    gp.add_argument("--seq-len", type=int, default=None, help="tokens per sample (default L)")
+    gp.add_argument("--top-k", type=int, default=None)
+    gp.add_argument("--top-p", type=float, default=None)
+    gp.add_argument("--no-cache", action="store_true", help="disable forward caching")
+    gp.add_argument(
+        "--show-steps", action="store_true", help="print the first sample as it crystallises"
+    )
+    gp.add_argument("--max-frames", type=int, default=32, help="frames shown by --show-steps")
+    gp.add_argument("--device", default="cpu")
 
     ev = sub.add_parser("evaluate", help="evaluate samples files: gen-PPL, entropy, speed")
     ev.add_argument("--samples", nargs="+", required=True, help="samples.jsonl files")
@@ -171,6 +202,8 @@ def _run(args) -> int:
             f"{m['num_samples']} samples, {m['steps']} steps: nfe nominal {m['nfe_nominal']}, actual "
             f"{m['nfe_actual']:.0f}; {m['sec_per_sample'] * 1000:.1f} ms/sample -> {out}"
         )
+    elif args.command == "generate":
+        _generate(args)
     elif args.command == "evaluate":
         _evaluate(args)
     elif args.command == "evaluators":
@@ -217,15 +250,102 @@ def _train_student(args) -> None:
     from tsdfm.training.student import train_student
 
     cfg = _cfg(args)
-    method = "blind" if cfg.student.shaping.candidates == 1 else "shaped"
+    navigate = _apply_shaping_flags(args, cfg.student.shaping)
+    sh = cfg.student.shaping
+    teacher_dir = _model_dir(args.teacher or f"runs/{cfg.name}/teacher")
+    data_dir = Path(args.data or f"runs/{cfg.name}/data")
+    jump_fn, extra = None, None
+    if navigate:
+        from tsdfm.data import load_prepared
+        from tsdfm.shaping import shaped_jump
+        from tsdfm.training.student import load_teacher
+
+        data = load_prepared(data_dir)
+        teacher = load_teacher(teacher_dir, data)
+        compass_dir = args.compass
+        if compass_dir is None and sh.compass == "ar" and Path(f"runs/{cfg.name}/compass").is_dir():
+            compass_dir = f"runs/{cfg.name}/compass"
+        jump_fn = shaped_jump(sh, teacher, compass_dir, data.chain(), data.seq_len)
+        extra = {"candidates": sh.candidates, "compass": sh.compass, "select": sh.select}
+        extra["tau"] = sh.tau
+        if sh.compass == "ar":
+            extra["compass_dir"] = str(compass_dir)
+    method = "shaped" if navigate and sh.candidates > 1 else "blind"
+    default_out = f"student-{method}"
+    if navigate:
+        default_out = f"student-{sh.compass}-k{sh.candidates}" + (
+            f"-softmax{sh.tau:g}" if sh.select == "softmax" else ""
+        )
     train_student(
         cfg,
-        _model_dir(args.teacher or f"runs/{cfg.name}/teacher"),
-        Path(args.data or f"runs/{cfg.name}/data"),
-        Path(args.out or f"runs/{cfg.name}/student-{method}"),
+        teacher_dir,
+        data_dir,
+        Path(args.out or f"runs/{cfg.name}/{default_out}"),
         resume=args.resume,
         progress=not args.no_progress,
+        jump_fn=jump_fn,
         method=method,
+        extra=extra,
+    )
+
+
+def _apply_shaping_flags(args, sh) -> bool:
+    """Fold --shaping/--candidates/--select/--tau into ``sh``; True when the navigator is used.
+
+    No --shaping: the config decides (navigate when candidates > 1). ``--shaping none``: blind.
+    Any other --shaping navigates, also with K = 1 (the ablation row on the navigator path).
+    """
+    from tsdfm.errors import TsdfmError
+
+    for flag in ("candidates", "select", "tau"):
+        if getattr(args, flag) is not None:
+            setattr(sh, flag, getattr(args, flag))
+    if args.shaping == "none":
+        if sh.candidates > 1:
+            raise TsdfmError(
+                f"--shaping none trains a blind student but {sh.candidates} candidates were asked "
+                "for; drop --candidates or pick a compass with --shaping compass|self|oracle"
+            )
+        navigate = False
+    elif args.shaping is not None:
+        sh.compass = "ar" if args.shaping == "compass" else args.shaping
+        navigate = True
+    else:
+        navigate = sh.candidates > 1
+    if args.compass is not None and not (navigate and sh.compass == "ar"):
+        raise TsdfmError(
+            "--compass DIR is only used with --shaping compass (the causal-LM compass)"
+        )
+    sh.validate("student.shaping")
+    return navigate
+
+
+def _generate(args) -> None:
+    from tsdfm.generator import Generator, show_steps
+
+    g = Generator.from_pretrained(args.model, device=args.device)
+    kw = dict(
+        prompt=args.prompt,
+        suffix=args.suffix,
+        infill=args.infill,
+        seed=args.seed,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seq_len=args.seq_len,
+        cache=not args.no_cache,
+    )
+    if args.show_steps:
+        texts = show_steps(g, args.num, args.steps, max_frames=args.max_frames, **kw)
+        print()
+    else:
+        texts = g.generate(args.num, args.steps, **kw)
+    for text in texts:
+        print("-", text)
+    st = g.last_stats
+    print(
+        f"{len(texts)} samples from {g.name}: nfe nominal {st['nfe_nominal']}, actual "
+        f"{st['nfe_actual']:.0f}; {st['seconds'] / len(texts) * 1000:.1f} ms/sample",
+        file=sys.stderr,
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from tsdfm import __version__
-from tsdfm.artifacts import atomic_write, atomic_write_json, now_iso, read_json
+from tsdfm.artifacts import atomic_write_json, atomic_write_text, now_iso, read_json
 from tsdfm.errors import TsdfmError
 from tsdfm.flow import make_scheduler, sample, sample_source
 from tsdfm.models import CausalLM, Denoiser, load_pretrained
@@ -95,6 +95,7 @@ def draw_samples(
         "method": "ar" if is_causal else cfg.extra.get("method", "teacher"),
         "candidates": None if is_causal else cfg.extra.get("candidates"),
         "compass": None if is_causal else cfg.extra.get("compass"),
+        "label": None if is_causal else cfg.extra.get("label"),
         "source": None if is_causal else cfg.source,
         "steps": length if is_causal else steps,
         "num_samples": num,
@@ -132,7 +133,7 @@ def write_samples(path: str | Path, samples: SampleSet) -> Path:
         json.dumps({"index": i, "text": t, "ids": row}, ensure_ascii=False)
         for i, (t, row) in enumerate(zip(samples.texts, samples.ids.tolist(), strict=True))
     ]
-    atomic_write(path, lambda p: p.write_text("\n".join(lines) + "\n", encoding="utf-8"))
+    atomic_write_text(path, "\n".join(lines) + "\n")
     atomic_write_json(meta_path(path), samples.meta)
     return path
 

@@ -26,9 +26,10 @@ uniform source it is not marginal-exact: with ``h = 1`` from ``t = 0`` it always
 ``x0`` (``alpha = inf``), which under-weights tokens that the source already shows.
 For the mask source (``p(x) = 0`` at ``[MASK]``) both rules coincide.
 
-Randomness: every call draws one float64 uniform per position (the switch) and one
-float64 Gumbel categorical draw per position (the landing token), whatever the rule,
-the clamp, or which positions may switch, so a seed fixes the whole trajectory.
+Randomness: every call draws one float64 uniform per position (the switch); the exact rule
+then draws a float64 Gumbel landing token for the switching positions only (which ones switch
+depends on u, q, x and the clamp, never on the model's output, so forward caching cannot change
+the stream), the first-jump rule one per position. A seed fixes the whole trajectory.
 """
 
 from __future__ import annotations
@@ -111,25 +112,34 @@ def jump(
             f"clamp must have the shape of x {tuple(x.shape)}, got {tuple(clamp.shape)}"
         )
 
-    log_p = torch.log_softmax(logits.to(_F64), dim=-1)
     q = switch_probability(t, h, scheduler, x.device)
     if q.dim() == 1:
         q = q[:, None]
-
     u = uniform(x.shape, generator, x.device)
+
     if jump_rule == "exact":
-        y = categorical(log_p, generator)
+        # Which positions switch depends on u, q and x only, so it is decided first; landing
+        # tokens are then drawn for the switching positions alone. A 1,024-step sampler moves
+        # about L tokens in total, so drawing a [B, L, V] Gumbel tensor every step would cost
+        # far more than the model's cached forward passes.
         switch = u < q
-    else:
-        p_x, in_classes, safe_x = _prob_of_current(log_p, x)
-        # h * alpha = -log(1 - q); leave = 1 - exp(-h alpha (1 - p(x))). Guard 0 * inf at q = 1.
-        exponent = (1.0 - p_x) * torch.log1p(-q)
-        leave = torch.where(p_x < 1.0, -torch.expm1(exponent), torch.zeros_like(p_x))
-        current = torch.zeros_like(log_p, dtype=torch.bool).scatter_(-1, safe_x.unsqueeze(-1), True)
-        y = categorical(
-            log_p.masked_fill(current & in_classes.unsqueeze(-1), float("-inf")), generator
-        )
-        switch = u < leave
+        if source == "mask":
+            switch &= x == mask_id
+        if clamp is not None:
+            switch &= ~clamp.to(device=x.device, dtype=torch.bool)
+        out = x.clone()
+        if switch.any():
+            out[switch] = categorical(logits[switch].to(_F64), generator)
+        return out
+
+    log_p = torch.log_softmax(logits.to(_F64), dim=-1)
+    p_x, in_classes, safe_x = _prob_of_current(log_p, x)
+    # h * alpha = -log(1 - q); leave = 1 - exp(-h alpha (1 - p(x))). Guard 0 * inf at q = 1.
+    exponent = (1.0 - p_x) * torch.log1p(-q)
+    leave = torch.where(p_x < 1.0, -torch.expm1(exponent), torch.zeros_like(p_x))
+    current = torch.zeros_like(log_p, dtype=torch.bool).scatter_(-1, safe_x.unsqueeze(-1), True)
+    y = categorical(log_p.masked_fill(current & in_classes.unsqueeze(-1), float("-inf")), generator)
+    switch = u < leave
 
     if source == "mask":
         switch &= x == mask_id

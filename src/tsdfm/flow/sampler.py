@@ -124,6 +124,7 @@ def sample(
     record_trajectory: bool = False,
     dt_for_model: float | None = None,
     progress: bool = False,
+    callback: Callable[[int, Tensor], None] | None = None,
 ) -> SampleResult:
     """Sample ``steps`` jumps from ``x0 [B, L]`` (see the module doc for the maths).
 
@@ -131,7 +132,9 @@ def sample(
     ``dt_for_model`` if given, else the step size (``1 / steps`` on the uniform grid).
     ``time_grid`` (``steps + 1`` strictly increasing points in [0, 1]) replaces the uniform
     grid. Positions where ``clamp`` is True keep their ``x0`` tokens. ``num_classes`` is
-    ``mask_id`` (the model's logits must be ``[B, L, mask_id]``).
+    ``mask_id`` (the model's logits must be ``[B, L, mask_id]``). ``callback(k, x)`` is called
+    after step ``k`` (1..steps) with the current ids, so a caller can show the sequence while it
+    crystallises instead of storing every step (it must not modify ``x``).
     """
     steps = _check_steps(steps)
     check_source(source)
@@ -187,6 +190,8 @@ def sample(
             x = jump(x, logits, t_k, h_k, scheduler, source, mask_id, generator, jump_rule, clamp)
             if trajectory is not None:
                 trajectory.append(x.cpu().clone())
+            if callback is not None:
+                callback(k + 1, x)
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - begin

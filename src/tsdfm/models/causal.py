@@ -93,12 +93,21 @@ class CausalLM(PretrainedMixin, nn.Module):
         generator: torch.Generator,
         use_cache: bool = True,
         temperature: float = 1.0,
+        prefix: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Ancestral sampling, float64 Gumbel-max draws; KV cache or full recompute (same ids)."""
+        """Ancestral sampling, float64 Gumbel-max draws; KV cache or full recompute (same ids).
+
+        ``prefix [num, P]`` (a prompt) is fed after BOS in one pass and returned unchanged as
+        the first P of the ``length`` ids; only the remaining ``length - P`` are drawn.
+        """
         device = self.head.weight.device
         seq = torch.full((num, 1), self.bos_id, dtype=torch.long, device=device)
+        if prefix is not None:
+            if prefix.dim() != 2 or prefix.shape[0] != num or prefix.shape[1] > length:
+                raise ValueError(f"prefix must be [num={num}, P <= {length}], got {prefix.shape}")
+            seq = torch.cat([seq, prefix.to(device=device, dtype=torch.long)], dim=1)
         caches: list[dict] | None = [{} for _ in self.blocks] if use_cache else None
-        for i in range(length):
+        for i in range(length - seq.shape[1] + 1):
             if caches is not None:
                 logits = self(seq[:, -1:] if i > 0 else seq, caches)[:, -1]
             else:

@@ -1,5 +1,20 @@
-"""Distillation targets and trajectory shaping: shortcut targets, (later) compass and navigator."""
+"""Distillation targets and trajectory shaping: shortcut targets, energy compasses, navigator."""
 
+from tsdfm.shaping.compass import (
+    COMPASS_KINDS,
+    CausalCompass,
+    Compass,
+    OracleCompass,
+    SelfCompass,
+    load_compass,
+)
+from tsdfm.shaping.navigator import (
+    Navigation,
+    Navigator,
+    build_navigator,
+    look_ahead,
+    shaped_jump,
+)
 from tsdfm.shaping.shortcut import (
     blind_jump,
     distillation_loss,
@@ -10,9 +25,20 @@ from tsdfm.shaping.shortcut import (
 )
 
 __all__ = [
+    "COMPASS_KINDS",
+    "CausalCompass",
+    "Compass",
+    "Navigation",
+    "Navigator",
+    "OracleCompass",
+    "SelfCompass",
     "blind_jump",
+    "build_navigator",
     "distillation_loss",
+    "load_compass",
+    "look_ahead",
     "sample_step_and_time",
+    "shaped_jump",
     "shortcut_target",
     "step_size_weights",
     "step_sizes",

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tsdfm.artifacts import atomic_write, atomic_write_json, read_json, sha256_file
+from tsdfm.artifacts import atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from tsdfm.errors import TsdfmError
 
 POINTER = "latest.json"
@@ -45,7 +45,7 @@ class CheckpointManager:
                 "and resume with --resume"
             )
         path = self.directory / f"step_{step:07d}.pt"
-        atomic_write(path, lambda p: p.write_bytes(data))
+        atomic_write_bytes(path, data)
         entry = {"file": path.name, "step": step, "sha256": sha256_file(path)}
         index = [e for e in self._index() if e["step"] != step] + [entry]
         index.sort(key=lambda e: e["step"])

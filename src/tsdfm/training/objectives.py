@@ -67,10 +67,23 @@ class ShortcutObjective:
     denoiser; larger steps imitate the shortcut target built from the EMA student at ``dt/2``
     through midpoints made by ``jump_fn`` (blind or navigated). ``target_model`` is bound to the
     trainer's EMA copy after the trainer is built.
+
+    A navigated ``jump_fn`` (one with a ``navigator`` attribute) adds its statistics to the
+    metrics, with fixed keys so every log row has the same columns: ``nav_gap`` (energy gap
+    mean-minus-chosen), ``nav_changed`` (chosen != candidate 0), ``nav_energy`` (chosen),
+    ``nav_gap_m1..`` (per midpoint). They are means over the training calls since the last
+    report, reset every ``stats_every`` calls (the trainer's ``log_every``), so a logged row
+    covers its whole logging interval; validation calls (model in eval mode) are not recorded.
     """
 
     def __init__(
-        self, teacher: nn.Module, student_cfg, mask_id: int, num_classes: int, jump_fn=None
+        self,
+        teacher: nn.Module,
+        student_cfg,
+        mask_id: int,
+        num_classes: int,
+        jump_fn=None,
+        stats_every: int = 1,
     ):
         from tsdfm.shaping import blind_jump
 
@@ -84,6 +97,8 @@ class ShortcutObjective:
         self.source = c.source
         self.scheduler = make_scheduler(c.scheduler, c.exponent)
         self.jump_fn = jump_fn or blind_jump(self.scheduler, self.source, mask_id)
+        self.navigator = getattr(self.jump_fn, "navigator", None)
+        self.stats_every, self._train_calls = max(1, int(stats_every)), 0
         self.target_model: nn.Module | None = None
 
     def targets(self, x_t, t, dt, generator):
@@ -99,6 +114,8 @@ class ShortcutObjective:
             if (~anchor).any():
                 r = (~anchor).nonzero().squeeze(1)
                 ema = self.target_model if self.target_model is not None else self.teacher
+                if self.navigator is not None:
+                    self.navigator.begin_target()
                 target[r] = shortcut_target(
                     lambda x, tt, hh: ema(x, tt, hh),
                     x_t[r],
@@ -123,11 +140,29 @@ class ShortcutObjective:
         x_t = sample_path(
             x1, t, self.scheduler, self.source, self.mask_id, self.num_classes, generator
         )
-        target, anchor = self.targets(x_t, t, dt, generator)
+        if self.navigator is not None and not model.training:
+            with self.navigator.paused():
+                target, anchor = self.targets(x_t, t, dt, generator)
+        else:
+            target, anchor = self.targets(x_t, t, dt, generator)
         positions = (
             (x_t == self.mask_id)
             if self.source == "mask"
             else torch.ones_like(x_t, dtype=torch.bool)
         )
         loss = distillation_loss(model(x_t, t, dt), target, positions)
-        return loss, {"anchor_frac": float(anchor.float().mean())}
+        metrics = {"anchor_frac": float(anchor.float().mean())}
+        if self.navigator is not None and model.training:
+            metrics.update(self.navigation_metrics())
+        return loss, metrics
+
+    def navigation_metrics(self) -> dict[str, float]:
+        """The navigator's means since the last report (fixed keys), reset every stats_every."""
+        s = self.navigator.stats()
+        midpoints = 3 if self.cfg.target == "rk4" else 1
+        keys = ["gap", "changed", "energy"] + [f"gap_m{i}" for i in range(1, midpoints + 1)]
+        out = {f"nav_{k}": s.get(k, float("nan")) for k in keys}
+        self._train_calls += 1
+        if self._train_calls % self.stats_every == 0:
+            self.navigator.reset_stats()
+        return out

@@ -105,7 +105,12 @@ def train_student(
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     objective = ShortcutObjective(
-        teacher, cfg.student, student.config.mask_id, student.config.num_classes, jump_fn
+        teacher,
+        cfg.student,
+        student.config.mask_id,
+        student.config.num_classes,
+        jump_fn,
+        stats_every=scfg.log_every,
     )
     print(
         f"[student:{method}] {count_parameters(student) / 1e6:.2f}M parameters from {teacher_dir}; "
@@ -141,6 +146,7 @@ def train_student(
             "sec_per_step": round(result.seconds / max(result.steps, 1), 4),
             "bad_steps": result.bad_steps,
             "student": asdict(cfg.student),
+            "shaping": extra or None,
         },
     )
     print(f"[student:{method}] done in {result.seconds:.0f}s -> {model_dir}")

@@ -1,0 +1,278 @@
+"""Sampling speed: the few-step student against the 1,024-step teacher and the AR baseline.
+
+The point of a few-step student is wall-clock, so this measures what a user waits for, on one
+device and thread count, for the same batch: the student at 1/2/4/8/16 steps, the teacher at
+1,024 steps with forward caching off and on (DESIGN section 5: caching cuts the teacher's actual
+forward passes to about L, so the honest speed-up is against the cached teacher), and the
+autoregressive baseline with its KV cache. Every call goes through
+:func:`tsdfm.generation.draw_samples`, the code path evaluation uses, so the figures are those
+of the report. Each row: warm-up, then the median of ``--repeats`` timed runs (seeds 0, 1, ...),
+ms per sample, tokens/s, nominal and actual forward passes (NFE).
+
+Without model directories (or with ``--random``) the models are randomly initialised with the
+config's shapes (configs/tiny.yaml: L = 128, 4,099 ids). Speed does not depend on the weights,
+with one exception: the cached teacher's actual NFE depends on when positions unmask. For the
+mask source that is decided by the sampler's uniform draws alone (a masked position unmasks with
+probability ``(kappa(t+h) - kappa(t)) / (1 - kappa(t))``, whatever the denoiser says), so random
+weights give the same NFE as trained ones under the same seed.
+
+Usage:
+    python benchmarks/speed.py [--teacher DIR --student DIR --ar DIR] [--config configs/tiny.yaml]
+    python benchmarks/speed.py --quick --random     # tiny shapes, seconds, for checking the script
+Writes benchmarks/results/speed.{json,md} (speed-quick.* with --quick; --out to change the folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from tsdfm.config import ExperimentConfig, ModelConfig, load_config
+from tsdfm.data.tokenizer import Tokenizer
+from tsdfm.errors import TsdfmError
+from tsdfm.generation import draw_samples
+from tsdfm.generator import resolve_model_dir
+from tsdfm.models import (
+    CausalConfig,
+    CausalLM,
+    Denoiser,
+    DenoiserConfig,
+    build_student,
+    count_parameters,
+    load_pretrained,
+)
+
+ROOT = Path(__file__).resolve().parent
+QUICK = ModelConfig(dim=32, n_layers=1, n_heads=2)  # with L = 16 and 67 ids
+WARMUP_MAX_STEPS = 16  # per-step work does not change with the step count
+
+
+def vocab_of(cfg: ExperimentConfig) -> int:
+    """Total ids: BPE size + [EOS] [PAD] [MASK], or markov V + [MASK]."""
+    return cfg.data.markov.vocab_size + 1 if cfg.data.is_markov else cfg.data.vocab_size + 3
+
+
+def random_models(cfg: ExperimentConfig, quick: bool) -> dict[str, tuple]:
+    """Teacher, student (teacher + dt embedding) and AR baseline with the config's shapes."""
+    vocab, seq_len = (67, 16) if quick else (vocab_of(cfg), cfg.data.seq_len)
+    t = QUICK if quick else cfg.teacher.model
+    a = QUICK if quick else cfg.ar_baseline.model
+    time_cond = t.time_cond if t.time_cond is not None else cfg.flow.source == "uniform"
+    torch.manual_seed(0)
+    teacher = Denoiser(
+        DenoiserConfig(
+            vocab, vocab - 1, seq_len, t.dim, t.n_layers, t.n_heads, t.mlp_ratio,
+            time_cond=time_cond, source=cfg.flow.source, scheduler=cfg.flow.scheduler,
+            exponent=cfg.flow.exponent,
+        )
+    )  # fmt: skip
+    ar = CausalLM(
+        CausalConfig(vocab, vocab - 1, seq_len, a.dim, a.n_layers, a.n_heads, a.mlp_ratio)
+    )
+    tok = Tokenizer.identity(vocab - 1)
+    return {
+        "teacher": (teacher.eval(), tok),
+        "student": (build_student(teacher).eval(), tok),
+        "ar": (ar.eval(), tok),
+    }
+
+
+def load_models(args: argparse.Namespace, cfg: ExperimentConfig) -> tuple[dict, dict]:
+    """Given directories where passed (unless --random), random models for the rest."""
+    models = random_models(cfg, args.quick)
+    sources = dict.fromkeys(models)
+    for role, kind in (("teacher", Denoiser), ("student", Denoiser), ("ar", CausalLM)):
+        path = None if args.random else getattr(args, role)
+        if path is None:
+            continue
+        model_dir = resolve_model_dir(path)
+        model, tok = load_pretrained(model_dir)
+        if not isinstance(model, kind) or (role == "student") != bool(
+            getattr(model.config, "dt_cond", False)
+        ):
+            raise TsdfmError(f"--{role} {model_dir} holds a {model.model_type} of the wrong kind")
+        models[role], sources[role] = (model.eval(), tok), str(model_dir)
+    if args.teacher and not args.random and not args.student:  # same shapes as the real teacher
+        models["student"] = (build_student(models["teacher"][0]).eval(), models["teacher"][1])
+    return models, sources
+
+
+def time_row(name, model_tok, steps, batch, cache, seq_len, args) -> dict:
+    """Warm-up, then ``repeats`` timed draw_samples calls; the sampler's own clock is used."""
+    model = model_tok[0]
+    is_ar = isinstance(model, CausalLM)
+
+    def call(n_steps: int, seed: int) -> dict:
+        s = draw_samples(
+            name, steps=n_steps, num=batch, seed=seed, batch_size=batch, cache=cache,
+            seq_len=seq_len, progress=False, model_and_tokenizer=model_tok,
+        )  # fmt: skip
+        return s.meta
+
+    for w in range(args.warmup):
+        call(steps if is_ar else min(steps, WARMUP_MAX_STEPS), 10_000 + w)
+    metas = [call(steps, r) for r in range(args.repeats)]
+    secs = [m["seconds"] for m in metas]
+    med = statistics.median(secs)
+    return {
+        "model": name,
+        "steps": metas[0]["steps"],
+        "batch": batch,
+        "forward_cache": metas[0]["sampler"]["forward_cache"],
+        "nfe_nominal": metas[0]["nfe_nominal"],
+        "nfe_actual": statistics.mean(m["nfe_actual"] for m in metas),
+        "seconds_median": med,
+        "seconds_runs": secs,
+        "ms_per_sample": 1000 * med / batch,
+        "tokens_per_second": batch * seq_len / med,
+    }
+
+
+def find(rows: list[dict], model: str, batch: int, **kw) -> dict | None:
+    for r in rows:
+        if r["model"] == model and r["batch"] == batch and all(r[k] == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def speedups(rows: list[dict], batches: list[int], steps: int) -> dict:
+    """Student @ ``steps`` against the teacher (uncached, cached) and AR, per batch size."""
+    out = {}
+    for b in batches:
+        s = find(rows, "student", b, steps=steps)
+        if s is None:
+            continue
+        ref = {
+            "teacher_uncached": find(rows, "teacher", b, forward_cache=False),
+            "teacher_cached": find(rows, "teacher", b, forward_cache=True),
+            "ar": find(rows, "ar", b),
+        }
+        out[str(b)] = {
+            f"student{steps}_vs_{k}": r["seconds_median"] / s["seconds_median"]
+            for k, r in ref.items()
+            if r is not None
+        }
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    models, sources = load_models(args, cfg)
+    seq_len = args.seq_len or models["teacher"][0].config.max_len
+    rows = []
+    for b in args.batch_sizes:
+        for steps in args.student_steps:
+            rows.append(time_row("student", models["student"], steps, b, False, seq_len, args))
+        teacher = models["teacher"]
+        rows.append(time_row("teacher", teacher, args.teacher_steps, b, False, seq_len, args))
+        cached = time_row("teacher", teacher, args.teacher_steps, b, True, seq_len, args)
+        if cached["forward_cache"]:  # a time-conditioned (uniform-source) teacher cannot cache
+            rows.append(cached)
+        rows.append(time_row("ar", models["ar"], seq_len, b, True, seq_len, args))
+        print(f"batch {b} done", file=sys.stderr)
+    return {
+        "benchmark": "speed",
+        "config": args.config,
+        "quick": args.quick,
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "seq_len": seq_len,
+        "vocab_size": models["teacher"][0].config.vocab_size,
+        "source": models["teacher"][0].config.source,
+        "batch_sizes": args.batch_sizes,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "draw_precision": "float64",
+        "models": {
+            role: {
+                "dir": sources[role],
+                "random": sources[role] is None,
+                "parameters": count_parameters(m),
+            }
+            for role, (m, _) in models.items()
+        },
+        "rows": rows,
+        "speedups": speedups(rows, args.batch_sizes, args.headline_steps),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def markdown(r: dict) -> str:
+    weights = "random weights" if all(m["random"] for m in r["models"].values()) else "trained"
+    lines = [
+        "# Sampling speed\n",
+        f"{r['device']}, {r['threads']} thread(s), torch {r['torch']}; L = {r['seq_len']}, "
+        f"{r['vocab_size']} ids, {r['source']} source, {weights}; median of {r['repeats']} runs "
+        f"after {r['warmup']} warm-up; float64 draws{' (QUICK settings)' if r['quick'] else ''}.\n",
+        "| model | steps | batch | forward cache | NFE nominal | NFE actual | ms / sample | "
+        "tokens / s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for x in r["rows"]:
+        cache = "kv" if x["model"] == "ar" else ("on" if x["forward_cache"] else "off")
+        lines.append(
+            f"| {x['model']} | {x['steps']} | {x['batch']} | {cache} | {x['nfe_nominal']} | "
+            f"{x['nfe_actual']:.1f} | {x['ms_per_sample']:.2f} | {x['tokens_per_second']:,.0f} |"
+        )
+    lines.append("\nSpeed-up (ratio of wall-clock per batch):\n")
+    for b, ratios in r["speedups"].items():
+        lines.append(f"- batch {b}: " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()))
+    return "\n".join(lines) + "\n"
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--teacher", help="teacher model or run dir (default: random weights)")
+    ap.add_argument("--student", help="student model or run dir (default: random weights)")
+    ap.add_argument("--ar", help="AR baseline model or run dir (default: random weights)")
+    ap.add_argument("--random", action="store_true", help="random weights even if dirs are given")
+    ap.add_argument("--config", default=str(ROOT.parent / "configs" / "tiny.yaml"))
+    ap.add_argument("--quick", action="store_true", help="tiny shapes and settings (a smoke run)")
+    ap.add_argument("--seq-len", type=int, default=None, help="default: the teacher's L")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default 1 32")
+    ap.add_argument("--student-steps", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--headline-steps", type=int, default=8, help="student steps for speed-ups")
+    ap.add_argument("--teacher-steps", type=int, default=None, help="default 1024 (quick: 64)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs (default 5, quick 2)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(ROOT / "results"), help="output folder")
+    args = ap.parse_args(argv)
+    args.batch_sizes = args.batch_sizes or ([1, 4] if args.quick else [1, 32])
+    args.teacher_steps = args.teacher_steps or (64 if args.quick else 1024)
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    if args.repeats < 5 and not args.quick:
+        ap.error("--repeats must be >= 5 for a meaningful median (or use --quick)")
+    if min(args.batch_sizes + args.student_steps + [args.teacher_steps, args.threads]) < 1:
+        ap.error("batch sizes, steps and threads must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    try:
+        result = run(args)
+    except TsdfmError as e:
+        sys.exit(f"error: {e}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "speed-quick" if args.quick else "speed"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

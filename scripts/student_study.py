@@ -1,0 +1,131 @@
+"""Reproducible student study: train students per arm and seed, sample, evaluate, tabulate.
+
+Usage (the exact benchmark, issue 4's acceptance)::
+
+    python scripts/student_study.py --config configs/markov.yaml --run-dir runs/markov \\
+        --spaces probs logits --seeds 0 1 --out docs/results/markov-student
+
+Each arm ``(target space, seed)`` is trained into ``<run-dir>/student-<space>-s<seed>`` (skipped
+when complete, resumed when interrupted). The teacher is sampled at ``--teacher-steps`` and every
+student at ``--student-steps`` with the same number of samples and sampling seed; all files are
+evaluated in one run (truth metrics on markov; gen-PPL with ``--evaluators`` on text) into
+``--out`` (results.json + report.md + plots), plus ``study.md``: mean and spread over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from tsdfm.config import load_config
+from tsdfm.generation import draw_samples, write_samples
+from tsdfm.training.student import train_student
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--config", required=True)
+    ap.add_argument(
+        "--run-dir", required=True, help="holds data/ and teacher/ (from `tsdfm pipeline`)"
+    )
+    ap.add_argument("--spaces", nargs="+", default=["probs", "logits"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--student-steps", nargs="+", type=int, default=[8, 4, 2, 1])
+    ap.add_argument("--teacher-steps", nargs="+", type=int, default=[1024, 8, 4, 2, 1])
+    ap.add_argument("--num", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--sample-seed", type=int, default=4321)
+    ap.add_argument("--evaluators", nargs="*", default=None)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("overrides", nargs="*", help="config overrides (key=value)")
+    args = ap.parse_args()
+
+    run, out = Path(args.run_dir), Path(args.out)
+    cfg = load_config(args.config, args.overrides)
+    teacher = run / "teacher" / "model"
+    files = []
+    kw = dict(num=args.num, seed=args.sample_seed, batch_size=args.batch_size, progress=False)
+    for steps in args.teacher_steps:
+        s = draw_samples(teacher, steps=steps, **kw)
+        files.append(write_samples(out / "samples" / f"teacher_{steps}.jsonl", s))
+    for space in args.spaces:
+        for seed in args.seeds:
+            name = f"student-{space}-s{seed}"
+            arm = dataclasses.replace(
+                cfg,
+                student=dataclasses.replace(
+                    cfg.student,
+                    target_space=space,
+                    train=dataclasses.replace(cfg.student.train, seed=seed),
+                ),
+            )
+            sdir = run / name
+            if not (sdir / "summary.json").is_file():
+                train_student(
+                    arm,
+                    teacher,
+                    run / "data",
+                    sdir,
+                    resume=(sdir / "checkpoints").exists(),
+                    progress=False,
+                    extra={"label": f"{space} s{seed}"},
+                )
+            for steps in args.student_steps:
+                s = draw_samples(sdir / "model", steps=steps, **kw)
+                files.append(write_samples(out / "samples" / f"{name}_{steps}.jsonl", s))
+
+    from tsdfm.data import load_prepared
+    from tsdfm.evaluation.harness import evaluate
+    from tsdfm.evaluation.registry import build_evaluators, default_specs
+
+    data = load_prepared(run / "data")
+    specs = args.evaluators or default_specs(data, run / "data")
+    evaluators = build_evaluators(specs, data)
+    results = evaluate(
+        files, evaluators, run / "data", out_dir=out, config_name=cfg.name, verbose=False
+    )
+    (out / "study.md").write_text(summarise(results), encoding="utf-8")
+    print((out / "study.md").read_text())
+
+
+def summarise(results: dict) -> str:
+    """Mean and spread (min..max) over seeds for each (label without seed, steps)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results["rows"]:
+        label = (r.get("label") or r["method"]).split(" s")[0]
+        groups.setdefault((label, r.get("steps")), []).append(r)
+    keys = ["truth_nll", "entropy"] if "truth_nll" in results["rows"][0] else ["entropy"]
+    lines = [
+        "| arm | steps | seeds | " + " | ".join(keys) + " | 2-gram TV | 3-gram TV |",
+        "|---" * (5 + len(keys)) + "|",
+    ]
+    for (label, steps), rows in groups.items():
+        cells = [label, str(steps), str(len(rows))]
+        for k in keys + ["tv2", "tv3"]:
+            if k.startswith("tv"):
+                vals = [r.get("ngram_tv", {}).get(k[2]) for r in rows]
+            else:
+                vals = [r.get(k) for r in rows]
+            vals = [v for v in vals if v is not None]
+            if not vals:
+                cells.append("–")
+                continue
+            m = float(np.mean(vals))
+            cells.append(
+                f"{m:.4f}" + (f" ({min(vals):.4f}..{max(vals):.4f})" if len(vals) > 1 else "")
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    floor = next((r for r in results["rows"] if r["method"] == "data"), None)
+    if floor is not None and "ngram_tv" in floor:
+        lines.append(f"\nFloor (true chain samples, same N): TV {json.dumps(floor['ngram_tv'])}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

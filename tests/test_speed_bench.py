@@ -1,0 +1,81 @@
+"""benchmarks/speed.py: the quick random-weights run writes the JSON and markdown it promises."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tsdfm.data.tokenizer import Tokenizer
+from tsdfm.models import CausalConfig, CausalLM, Denoiser, DenoiserConfig
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+ROW_KEYS = {
+    "model", "steps", "batch", "forward_cache", "nfe_nominal", "nfe_actual", "seconds_median",
+    "seconds_runs", "ms_per_sample", "tokens_per_second",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def speed():
+    spec = importlib.util.spec_from_file_location("speed_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _check(result: dict, out: Path, batches: list[int], student_steps: list[int]) -> None:
+    on_disk = json.loads((out / "speed-quick.json").read_text())
+    assert on_disk["rows"] == result["rows"]
+    for key in ("threads", "torch", "seq_len", "batch_sizes", "repeats", "models", "speedups"):
+        assert key in on_disk
+    assert on_disk["threads"] == torch.get_num_threads() and on_disk["quick"] is True
+    rows = on_disk["rows"]
+    assert all(set(r) == ROW_KEYS for r in rows)
+    per_batch = len(student_steps) + 3  # teacher uncached + cached, AR
+    assert len(rows) == per_batch * len(batches)
+    cached = [r for r in rows if r["model"] == "teacher" and r["forward_cache"]]
+    assert all(r["nfe_actual"] <= r["nfe_nominal"] for r in cached)
+    for b in batches:
+        ratios = on_disk["speedups"][str(b)]
+        assert set(ratios) == {
+            f"student8_vs_{k}" for k in ("teacher_uncached", "teacher_cached", "ar")
+        }
+    md = (out / "speed-quick.md").read_text()
+    assert "| teacher |" in md and "student8_vs_teacher_cached" in md
+
+
+def test_quick_random_small(speed, tmp_path):
+    argv = ["--quick", "--random", "--out", str(tmp_path), "--repeats", "1", "--warmup", "0"]
+    result = speed.main([*argv, "--student-steps", "1", "8", "--teacher-steps", "8"])
+    _check(result, tmp_path, [1, 4], [1, 8])
+
+
+@pytest.mark.slow
+def test_quick_random_default_settings(speed, tmp_path):
+    result = speed.main(["--quick", "--random", "--out", str(tmp_path)])
+    _check(result, tmp_path, [1, 4], [1, 2, 4, 8, 16])
+    assert result["repeats"] == 2 and all(len(r["seconds_runs"]) == 2 for r in result["rows"])
+
+
+def test_given_model_dirs_are_used(speed, tmp_path):
+    tok = Tokenizer.identity(8)
+    Denoiser(DenoiserConfig(9, 8, 12, 32, 1, 2)).save_pretrained(tmp_path / "t" / "model", tok)
+    CausalLM(CausalConfig(9, 8, 12, 32, 1, 2)).save_pretrained(tmp_path / "ar", tok)
+    argv = ["--quick", "--teacher", str(tmp_path / "t"), "--ar", str(tmp_path / "ar")]
+    result = speed.main(
+        [*argv, "--out", str(tmp_path), "--repeats", "1", "--warmup", "0", "--batch-sizes", "2"]
+        + ["--student-steps", "8", "--teacher-steps", "4"]
+    )
+    assert result["seq_len"] == 12 and result["models"]["teacher"]["random"] is False
+    assert result["models"]["student"]["random"] is True  # built from the given teacher
+    with pytest.raises(SystemExit, match="wrong kind"):
+        speed.main(["--quick", "--teacher", str(tmp_path / "ar"), "--out", str(tmp_path)])
+
+
+def test_full_runs_need_five_repeats(speed):
+    with pytest.raises(SystemExit):
+        speed.parse(["--repeats", "3"])
+    args = speed.parse([])
+    assert (args.batch_sizes, args.teacher_steps, args.repeats) == ([1, 32], 1024, 5)
