@@ -89,11 +89,16 @@ class TrainConfig:
     max_bad_steps: int = 10
     num_threads: int = 0
     tensorboard: bool = False
+    # Wall-clock cap in minutes of training compute (0 = none): the run ends early at a step
+    # boundary, with a final checkpoint and model, when a shared machine is slower than planned.
+    max_minutes: float = 0.0
 
     def validate(self, where: str) -> None:
         _positive(self, where, "steps", "batch_size", "lr", "eval_every", "eval_batches")
         _positive(self, where, "ckpt_every", "keep_checkpoints", "log_every", "max_bad_steps")
-        _nonneg(self, where, "warmup_steps", "weight_decay", "grad_clip", "num_threads")
+        _nonneg(
+            self, where, "warmup_steps", "weight_decay", "grad_clip", "num_threads", "max_minutes"
+        )
         for name in ("ema_decay", "beta1", "beta2", "min_lr_ratio"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0 + (name == "min_lr_ratio"):

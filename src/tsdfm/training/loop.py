@@ -320,6 +320,16 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                     self.save_checkpoint()
+                over_budget = cfg.max_minutes > 0 and self.elapsed > 60 * cfg.max_minutes
+                if over_budget and self.step < cfg.steps:
+                    val_loss = self.validate()
+                    self._log("eval.csv", {"step": self.step, "val_loss": round(val_loss, 6)})
+                    self.save_checkpoint()
+                    bar.write(
+                        f"[{self.stage}] time budget of {cfg.max_minutes} min reached at step "
+                        f"{self.step}/{cfg.steps}; finishing early (val_loss {val_loss:.4f})"
+                    )
+                    break
                 if stop.signum is not None and self.step < cfg.steps:
                     self.save_checkpoint()
                     interrupted = True
