@@ -2,10 +2,10 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN      = $(VENV)/bin
-CONFIG  ?= configs/tiny.yaml
+CONFIG  ?= configs/demo.yaml
 STAMP    = $(VENV)/.installed
 
-.PHONY: venv install demo markov test test-all lint format clean
+.PHONY: venv install demo markov test test-fast test-all lint format clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -22,10 +22,13 @@ demo: $(STAMP)                                  ## the main job on the built-in 
 markov: $(STAMP)                                ## the exact benchmark
 	$(BIN)/tsdfm pipeline --config configs/markov.yaml
 
-test: $(STAMP)                                  ## fast hermetic tests (what CI runs)
+test: $(STAMP)                                  ## hermetic tests, no network (what CI runs)
+	$(BIN)/python -m pytest -q -m "not network"
+
+test-fast: $(STAMP)                             ## skip the tests marked slow too
 	$(BIN)/python -m pytest -q -m "not slow and not network"
 
-test-all: $(STAMP)
+test-all: $(STAMP)                              ## everything, including network tests
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -85,7 +85,7 @@ def main() -> None:
     from tsdfm.evaluation.registry import build_evaluators, default_specs
 
     data = load_prepared(run / "data")
-    specs = args.evaluators or default_specs(data, run / "data")
+    specs = args.evaluators or default_specs(run / "data", data.chain() is not None)
     evaluators = build_evaluators(specs, data)
     results = evaluate(
         files, evaluators, run / "data", out_dir=out, config_name=cfg.name, verbose=False

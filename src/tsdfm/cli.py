@@ -247,35 +247,19 @@ def _model_dir(path: str | Path) -> Path:
 
 
 def _train_student(args) -> None:
-    from tsdfm.training.student import train_student
+    from tsdfm.training.student import shaping_setup, train_student
 
     cfg = _cfg(args)
     navigate = _apply_shaping_flags(args, cfg.student.shaping)
     sh = cfg.student.shaping
     teacher_dir = _model_dir(args.teacher or f"runs/{cfg.name}/teacher")
     data_dir = Path(args.data or f"runs/{cfg.name}/data")
-    jump_fn, extra = None, None
-    if navigate:
-        from tsdfm.data import load_prepared
-        from tsdfm.shaping import shaped_jump
-        from tsdfm.training.student import load_teacher
-
-        data = load_prepared(data_dir)
-        teacher = load_teacher(teacher_dir, data)
-        compass_dir = args.compass
-        if compass_dir is None and sh.compass == "ar" and Path(f"runs/{cfg.name}/compass").is_dir():
-            compass_dir = f"runs/{cfg.name}/compass"
-        jump_fn = shaped_jump(sh, teacher, compass_dir, data.chain(), data.seq_len)
-        extra = {"candidates": sh.candidates, "compass": sh.compass, "select": sh.select}
-        extra["tau"] = sh.tau
-        if sh.compass == "ar":
-            extra["compass_dir"] = str(compass_dir)
-    method = "shaped" if navigate and sh.candidates > 1 else "blind"
-    default_out = f"student-{method}"
-    if navigate:
-        default_out = f"student-{sh.compass}-k{sh.candidates}" + (
-            f"-softmax{sh.tau:g}" if sh.select == "softmax" else ""
-        )
+    compass_dir = args.compass
+    if compass_dir is None and sh.compass == "ar" and Path(f"runs/{cfg.name}/compass").is_dir():
+        compass_dir = f"runs/{cfg.name}/compass"
+    jump_fn, method, extra, default_out = shaping_setup(
+        cfg, teacher_dir, data_dir, navigate, compass_dir
+    )
     train_student(
         cfg,
         teacher_dir,

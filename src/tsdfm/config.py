@@ -204,6 +204,7 @@ class EvalConfig:
     teacher_steps: list[int] = field(default_factory=lambda: [1024, 256, 64, 16, 8])
     student_steps: list[int] = field(default_factory=lambda: [16, 8, 4, 2, 1])
     seed: int = 1234
+    ar_baseline: bool = True  # train and sample the teacher-sized autoregressive baseline
 
     def validate(self, where: str = "evaluation") -> None:
         _positive(self, where, "num_samples", "batch_size")

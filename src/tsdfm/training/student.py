@@ -72,6 +72,35 @@ def quick_eval(data, steps: int = 8, num: int = 64, seed: int = 99):
     return _eval
 
 
+def shaping_setup(
+    cfg: ExperimentConfig, teacher_dir: Path, data_dir: Path, navigate: bool, compass_dir=None
+):
+    """What a student run needs from ``cfg.student.shaping``: ``(jump_fn, method, extra, name)``.
+
+    ``navigate=False`` is blind distillation (the plain midpoint jump). Otherwise the midpoint
+    jump is the navigator's, also for K = 1 (the ablation row on the same code path); ``method``
+    is "shaped" only for K > 1. ``name`` is the default output directory name.
+    """
+    sh = cfg.student.shaping
+    if not navigate:
+        return None, "blind", None, "student-blind"
+    from tsdfm.shaping import shaped_jump
+
+    data = load_prepared(Path(data_dir))
+    teacher = load_teacher(Path(teacher_dir), data)
+    if compass_dir is None and sh.compass == "ar":
+        default = Path(teacher_dir).parent.parent / "compass"
+        compass_dir = default if default.is_dir() else None
+    jump_fn = shaped_jump(sh, teacher, compass_dir, data.chain(), data.seq_len)
+    extra = {"candidates": sh.candidates, "compass": sh.compass, "select": sh.select, "tau": sh.tau}
+    if sh.compass == "ar":
+        extra["compass_dir"] = str(compass_dir)
+    name = f"student-{sh.compass}-k{sh.candidates}" + (
+        f"-softmax{sh.tau:g}" if sh.select == "softmax" else ""
+    )
+    return jump_fn, ("shaped" if sh.candidates > 1 else "blind"), extra, name
+
+
 def train_student(
     cfg: ExperimentConfig,
     teacher_dir: Path,
