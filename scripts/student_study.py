@@ -1,12 +1,19 @@
 """Reproducible student study: train students per arm and seed, sample, evaluate, tabulate.
 
-Usage (the exact benchmark, issue 4's acceptance)::
+Usage (the exact benchmark)::
 
+    # blind students, both target spaces (issue 4)
     python scripts/student_study.py --config configs/markov.yaml --run-dir runs/markov \\
         --spaces probs logits --seeds 0 1 --out docs/results/markov-student
+    # shaping arms (issue 5): NAME=override;override..., navigated when shaping is set
+    python scripts/student_study.py --config configs/markov.yaml --run-dir runs/markov \\
+        --arm "blind=student.target_space=probs" \\
+        --arm "oracle-k4=student.shaping.compass=oracle;student.shaping.candidates=4" \\
+        --seeds 0 1 2 --out docs/results/markov-shaping
 
-Each arm ``(target space, seed)`` is trained into ``<run-dir>/student-<space>-s<seed>`` (skipped
-when complete, resumed when interrupted). The teacher is sampled at ``--teacher-steps`` and every
+Each arm and seed is trained into ``<run-dir>/student-<arm>-s<seed>`` (skipped when complete,
+resumed when interrupted); ``--spaces X`` is shorthand for ``--arm X=student.target_space=X``.
+An arm whose overrides mention ``student.shaping`` is navigated (also with K = 1). The teacher is sampled at ``--teacher-steps`` and every
 student at ``--student-steps`` with the same number of samples and sampling seed; all files are
 evaluated in one run (truth metrics on markov; gen-PPL with ``--evaluators`` on text) into
 ``--out`` (results.json + report.md + plots), plus ``study.md``: mean and spread over seeds.
@@ -23,7 +30,7 @@ import numpy as np
 
 from tsdfm.config import load_config
 from tsdfm.generation import draw_samples, write_samples
-from tsdfm.training.student import train_student
+from tsdfm.training.student import shaping_setup, train_student
 
 
 def main() -> None:
@@ -34,7 +41,8 @@ def main() -> None:
     ap.add_argument(
         "--run-dir", required=True, help="holds data/ and teacher/ (from `tsdfm pipeline`)"
     )
-    ap.add_argument("--spaces", nargs="+", default=["probs", "logits"])
+    ap.add_argument("--spaces", nargs="*", default=[])
+    ap.add_argument("--arm", action="append", default=[], help="NAME=key=value;key=value")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--student-steps", nargs="+", type=int, default=[8, 4, 2, 1])
     ap.add_argument("--teacher-steps", nargs="+", type=int, default=[1024, 8, 4, 2, 1])
@@ -54,27 +62,34 @@ def main() -> None:
     for steps in args.teacher_steps:
         s = draw_samples(teacher, steps=steps, **kw)
         files.append(write_samples(out / "samples" / f"teacher_{steps}.jsonl", s))
-    for space in args.spaces:
+    arms = [(sp, [f"student.target_space={sp}"]) for sp in args.spaces]
+    for spec in args.arm:
+        name, _, rest = spec.partition("=")
+        arms.append((name, [o for o in rest.split(";") if o]))
+    for arm_name, arm_overrides in arms:
+        arm = load_config(args.config, args.overrides + arm_overrides)
+        navigate = any(o.startswith("student.shaping") for o in arm_overrides)
         for seed in args.seeds:
-            name = f"student-{space}-s{seed}"
-            arm = dataclasses.replace(
-                cfg,
+            name = f"student-{arm_name}-s{seed}"
+            arm_seed = dataclasses.replace(
+                arm,
                 student=dataclasses.replace(
-                    cfg.student,
-                    target_space=space,
-                    train=dataclasses.replace(cfg.student.train, seed=seed),
+                    arm.student, train=dataclasses.replace(arm.student.train, seed=seed)
                 ),
             )
             sdir = run / name
             if not (sdir / "summary.json").is_file():
+                jump_fn, method, extra, _ = shaping_setup(arm_seed, teacher, run / "data", navigate)
                 train_student(
-                    arm,
+                    arm_seed,
                     teacher,
                     run / "data",
                     sdir,
                     resume=(sdir / "checkpoints").exists(),
                     progress=False,
-                    extra={"label": f"{space} s{seed}"},
+                    jump_fn=jump_fn,
+                    method=method,
+                    extra={**(extra or {}), "label": f"{arm_name} s{seed}"},
                 )
             for steps in args.student_steps:
                 s = draw_samples(sdir / "model", steps=steps, **kw)
@@ -98,7 +113,7 @@ def summarise(results: dict) -> str:
     """Mean and spread (min..max) over seeds for each (label without seed, steps)."""
     groups: dict[tuple, list[dict]] = {}
     for r in results["rows"]:
-        label = (r.get("label") or r["method"]).split(" s")[0]
+        label = (r.get("arm") or r["method"]).split(" s")[0]
         groups.setdefault((label, r.get("steps")), []).append(r)
     keys = ["truth_nll", "entropy"] if "truth_nll" in results["rows"][0] else ["entropy"]
     lines = [

@@ -92,7 +92,7 @@ def describe(meta: dict[str, Any]) -> dict[str, Any]:
     candidates = meta.get("candidates", shaping.get("candidates"))
     compass = meta.get("compass", shaping.get("compass"))
     return {
-        "label": meta.get("label"),
+        "arm": meta.get("label"),
         "method": method,
         "source": meta.get("source"),
         "steps": meta.get("steps"),
