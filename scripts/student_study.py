@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from tsdfm.config import load_config
-from tsdfm.generation import draw_samples, write_samples
+from tsdfm.generation import draw_samples, meta_path, write_samples
 from tsdfm.training.student import shaping_setup, train_student
 
 
@@ -59,9 +59,19 @@ def main() -> None:
     teacher = run / "teacher" / "model"
     files = []
     kw = dict(num=args.num, seed=args.sample_seed, batch_size=args.batch_size, progress=False)
+
+    def sample_once(model_dir: Path, steps: int, path: Path) -> None:
+        """Draw unless a file with the same provenance (model, steps, N, seed) exists."""
+        if path.is_file() and meta_path(path).is_file():
+            meta = json.loads(meta_path(path).read_text())
+            same = (meta.get("model"), meta.get("num_samples"), meta.get("seed"))
+            if same == (str(model_dir), args.num, args.sample_seed) and meta.get("steps") == steps:
+                files.append(path)
+                return
+        files.append(write_samples(path, draw_samples(model_dir, steps=steps, **kw)))
+
     for steps in args.teacher_steps:
-        s = draw_samples(teacher, steps=steps, **kw)
-        files.append(write_samples(out / "samples" / f"teacher_{steps}.jsonl", s))
+        sample_once(teacher, steps, out / "samples" / f"teacher_{steps}.jsonl")
     arms = [(sp, [f"student.target_space={sp}"]) for sp in args.spaces]
     for spec in args.arm:
         name, _, rest = spec.partition("=")
@@ -92,8 +102,7 @@ def main() -> None:
                     extra={**(extra or {}), "label": f"{arm_name} s{seed}"},
                 )
             for steps in args.student_steps:
-                s = draw_samples(sdir / "model", steps=steps, **kw)
-                files.append(write_samples(out / "samples" / f"{name}_{steps}.jsonl", s))
+                sample_once(sdir / "model", steps, out / "samples" / f"{name}_{steps}.jsonl")
 
     from tsdfm.data import load_prepared
     from tsdfm.evaluation.harness import evaluate
