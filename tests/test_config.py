@@ -1,7 +1,9 @@
 """Config parsing: unknown keys with did-you-mean, type errors, overrides, round trip."""
 
+import typing
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tsdfm.config import ExperimentConfig, from_dict, load_config, save_config, to_dict
@@ -63,3 +65,65 @@ def test_random_mappings_never_crash_uncleanly(tree):
         from_dict(ExperimentConfig, {"teacher": {"train": tree}}).validate()
     except TsdfmError:
         pass
+
+
+def _leaf_keys(cls=ExperimentConfig, prefix=""):
+    """Every dotted key of the config tree with its type, so random overrides hit real fields."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update(_leaf_keys(tp, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = tp
+    return out
+
+
+LEAF_TYPES = _leaf_keys()
+LEAF_KEYS = sorted(LEAF_TYPES)
+ODD_VALUES = (
+    [".inf", "-.inf", ".nan", "1e400", "-1", "0", "1.5", "null", "~", "[1, 2]", "{a: 1}",
+     "true", "2020-01-01", "!!python/object:os.system", "'x'", "&a [*a]", "", "0x10", "1_000",
+     "1" + "0" * 400, "1" * 5000]
+)  # fmt: skip
+_YAMLISH = st.sampled_from(ODD_VALUES)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(LEAF_KEYS) | st.text(max_size=12),
+            _YAMLISH | st.text(max_size=8) | st.integers().map(str) | st.floats().map(repr),
+        ).map(lambda kv: f"{kv[0]}={kv[1]}")
+        | st.text(max_size=10),
+        max_size=4,
+    )
+)
+def test_random_override_strings_raise_only_tsdfm_errors(overrides):
+    """Whatever a user types after the command, the answer is a config or a TsdfmError."""
+    try:
+        load_config(None, overrides)
+    except TsdfmError:
+        pass
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+@pytest.mark.parametrize("key", ["teacher.train.steps", "teacher.train.lr", "student.shaping.tau"])
+def test_non_finite_numbers_are_refused(key, value):
+    with pytest.raises(TsdfmError, match="finite"):
+        load_config(None, [f"{key}={value}"])
+
+
+def test_every_key_with_every_odd_value_raises_only_tsdfm_errors():
+    """The exhaustive companion of the property test: each field type against each odd value."""
+    one_key_per_type = {repr(tp): key for key, tp in LEAF_TYPES.items()}
+    assert len(one_key_per_type) >= 8  # int, float, str, bool, optionals, lists
+    for key in one_key_per_type.values():
+        for value in ODD_VALUES:
+            try:
+                load_config(None, [f"{key}={value}"])
+            except TsdfmError:
+                pass

@@ -147,13 +147,50 @@ def verify_manifest(directory: Path, required: bool = True) -> dict[str, Any] | 
 
 
 def ensure_writable(directory: Path) -> None:
-    """Fail early, before any work, when the output directory cannot be written."""
+    """Fail early, before any work, when the output directory cannot be created or written.
+
+    Walks up to the nearest existing ancestor: if that is a regular file (``out=notes.txt/run``)
+    the directory can never be created, and if it denies writes nothing can be put in it.
+    Checking this first is what keeps a stage from failing after hours with nothing saved.
+    """
     directory = Path(directory)
     probe_parent = directory
-    while not probe_parent.exists():
+    while not probe_parent.exists() and probe_parent != probe_parent.parent:
         probe_parent = probe_parent.parent
+    if not probe_parent.is_dir():
+        raise TsdfmError(
+            f"output directory {directory} cannot be created: {probe_parent} is a file, not a "
+            "directory; choose another --out"
+        )
     if not os.access(probe_parent, os.W_OK):
         raise TsdfmError(
             f"output directory {directory} is not writable ({probe_parent} denies writes); "
             "choose another --out"
         )
+
+
+@contextmanager
+def removing_new_dirs_on_error(directory: Path) -> Iterator[None]:
+    """Undo the creation of ``directory``'s missing ancestors if the body fails.
+
+    A stage that creates ``runs/x/data``'s parents and then fails on bad input must leave the
+    tree as it found it. Only directories that did not exist before and are empty afterwards
+    are removed, so nothing anyone wrote is ever deleted.
+    """
+    directory = Path(directory).absolute()
+    missing = []
+    p = directory
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    try:
+        yield
+    except BaseException:
+        for d in missing:  # deepest first
+            if not d.exists():
+                continue
+            try:
+                d.rmdir()
+            except OSError:  # not empty (or not ours to remove): keep it and its parents
+                break
+        raise

@@ -178,8 +178,12 @@ def _run(args) -> int:
             progress=not args.no_progress,
         )
     elif args.command == "sample":
+        from tsdfm.artifacts import ensure_writable
         from tsdfm.generation import draw_samples, write_samples
+        from tsdfm.models import load_pretrained
 
+        loaded = load_pretrained(args.model)  # a missing/corrupt model first, then --out
+        ensure_writable(Path(args.out).parent if args.out else Path(args.model).parent)
         s = draw_samples(
             args.model,
             steps=args.steps,
@@ -189,6 +193,7 @@ def _run(args) -> int:
             cache=not args.no_cache,
             top_k=args.top_k,
             top_p=args.top_p,
+            model_and_tokenizer=loaded,
         )
         out = Path(
             args.out
@@ -200,7 +205,8 @@ def _run(args) -> int:
         m = s.meta
         print(
             f"{m['num_samples']} samples, {m['steps']} steps: nfe nominal {m['nfe_nominal']}, actual "
-            f"{m['nfe_actual']:.0f}; {m['sec_per_sample'] * 1000:.1f} ms/sample -> {out}"
+            f"{m['nfe_actual']:.0f} batched calls ({m['nfe_per_sample']:.1f} forward passes per "
+            f"sample); {m['sec_per_sample'] * 1000:.1f} ms/sample -> {out}"
         )
     elif args.command == "generate":
         _generate(args)
@@ -334,6 +340,7 @@ def _generate(args) -> None:
 
 
 def _evaluate(args) -> None:
+    from tsdfm.artifacts import ensure_writable
     from tsdfm.data import load_prepared
     from tsdfm.evaluation.harness import evaluate
     from tsdfm.evaluation.registry import build_evaluators, default_specs
@@ -345,6 +352,7 @@ def _evaluate(args) -> None:
     )
     evaluators = build_evaluators(specs, data, device=args.device)
     out = Path(args.out or Path(args.samples[0]).parent / "eval")
+    ensure_writable(out)
     results = evaluate(
         args.samples,
         evaluators,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -155,11 +156,17 @@ class ShapingConfig:
 
     def validate(self, where: str = "student.shaping") -> None:
         if self.candidates < 1:
-            raise TsdfmError(f"{where}.candidates (K) must be >= 1, got {self.candidates}")
+            raise TsdfmError(
+                f"{where}.candidates (K) must be >= 1, got {self.candidates}; use 1 for blind "
+                "distillation or e.g. 4 for shaping"
+            )
         _choice(self, where, "compass", ("ar", "self", "oracle"))
         _choice(self, where, "select", ("argmin", "softmax"))
         if self.tau <= 0:
-            raise TsdfmError(f"{where}.tau must be > 0, got {self.tau}")
+            raise TsdfmError(
+                f"{where}.tau must be > 0, got {self.tau}; it is the softmax temperature of "
+                "select=softmax, e.g. 1.0 (use select=argmin for the zero-temperature limit)"
+            )
 
 
 @dataclass
@@ -312,14 +319,20 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             return value
         raise TsdfmError(f"{where} must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-            raise TsdfmError(f"{where} must be an integer, got {value!r}")
-        return int(value)
-    if tp is float:
+    if tp in (int, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TsdfmError(f"{where} must be a number, got {value!r}")
-        return float(value)
+            kind = "an integer" if tp is int else "a number"
+            raise TsdfmError(f"{where} must be {kind}, got {value!r}")
+        # .inf/.nan are valid YAML floats but no setting means them; NaN would even pass every
+        # range check (all comparisons with NaN are false).
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TsdfmError(f"{where} must be a finite number, got {value!r}")
+        if tp is int and int(value) != value:
+            raise TsdfmError(f"{where} must be an integer, got {value!r}")
+        try:
+            return tp(value)
+        except OverflowError:  # an integer with hundreds of digits for a float setting
+            raise TsdfmError(f"{where} must be a finite number, got {value!r:.20}...") from None
     if tp is str:
         if not isinstance(value, str):
             raise TsdfmError(f"{where} must be a string, got {value!r}")
@@ -382,7 +395,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):  # e.g. a 5,000-digit integer
             value = raw
         out.append((key.strip(), value))
     return out
@@ -397,7 +410,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise TsdfmError(f"config file not found: {path} (see configs/ for the built-in ones)")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, ValueError, RecursionError) as e:
             raise TsdfmError(f"config file {path} is not valid YAML: {e}") from e
         if loaded is None:
             loaded = {}

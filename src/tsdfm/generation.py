@@ -8,6 +8,7 @@ settings, float64 draws, timing and forward-pass counts (nominal and actual).
 from __future__ import annotations
 
 import json
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,12 @@ class SampleSet:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def _check_count(name: str, value) -> None:
+    """Counts come from users and scripts: anything but an integer >= 1 is refused up front."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise TsdfmError(f"{name} must be >= 1 (a whole number), got {value!r}")
+
+
 def draw_samples(
     model_dir: str | Path,
     steps: int = 1024,
@@ -44,19 +51,22 @@ def draw_samples(
 ) -> SampleSet:
     """Unconditional samples; the denoiser uses the exact finite-step sampler, a causal LM its
     KV cache. ``cache`` (forward caching) only applies to time-independent mask-source models."""
-    if steps < 1:
-        raise TsdfmError(f"steps must be >= 1, got {steps}")
-    if num < 1 or batch_size < 1:
-        raise TsdfmError("num and batch_size must be >= 1")
+    for name, value in (("steps", steps), ("num", num), ("batch_size", batch_size)):
+        _check_count(name, value)
+    if seq_len is not None:
+        _check_count("seq_len", seq_len)
     model, tok = model_and_tokenizer or load_pretrained(model_dir)
     if tok is None:
         raise TsdfmError(f"{model_dir} has no tokenizer/ directory; cannot decode samples")
     cfg = model.config
     length = seq_len or cfg.max_len
     if length > cfg.max_len:
-        raise TsdfmError(f"seq_len {length} is larger than the model's max length {cfg.max_len}")
+        raise TsdfmError(
+            f"seq_len {length} is larger than the model's max length {cfg.max_len}; use a "
+            f"seq_len of at most {cfg.max_len} (or leave it unset)"
+        )
     gen = torch.Generator().manual_seed(seed)
-    chunks, nfe_nom, nfe_act = [], 0, 0
+    chunks, nfe_nom, nfe_act, row_fwd = [], 0, 0, 0.0
     t0 = time.perf_counter()
     is_causal = isinstance(model, CausalLM)
     use_cache = False
@@ -66,6 +76,7 @@ def draw_samples(
             chunks.append(model.generate(b, length, gen, use_cache=True))
             nfe_nom += length
             nfe_act += length
+            row_fwd += length * b
             continue
         assert isinstance(model, Denoiser)
         use_cache = cache and cfg.source == "mask" and not cfg.time_cond and not cfg.dt_cond
@@ -86,6 +97,7 @@ def draw_samples(
         chunks.append(res.ids)
         nfe_nom += res.nfe_nominal
         nfe_act += res.nfe_actual
+        row_fwd += res.nfe_per_sample * b
     seconds = time.perf_counter() - t0
     ids = torch.cat(chunks)
     n_batches = -(-num // batch_size)
@@ -112,6 +124,7 @@ def draw_samples(
         "tokenizer_fingerprint": tok.fingerprint(),
         "nfe_nominal": nfe_nom // n_batches,
         "nfe_actual": nfe_act / n_batches,
+        "nfe_per_sample": row_fwd / num,
         "seconds": round(seconds, 4),
         "sec_per_sample": seconds / num,
         "tokens_per_second": num * length / max(seconds, 1e-9),

@@ -178,7 +178,8 @@ class Generator:
         length = length or self.config.max_len
         if length > self.config.max_len:
             raise TsdfmError(
-                f"seq_len {length} is larger than the model's length {self.config.max_len}"
+                f"seq_len {length} is larger than the model's length {self.config.max_len}; "
+                f"use a seq_len of at most {self.config.max_len} (or leave it unset)"
             )
         ids, fixed = self.template(length, prompt, suffix, infill)
         gen = torch.Generator(device=self.device).manual_seed(seed)

@@ -45,12 +45,15 @@ def load_corpus(corpus: str, cache_dir: Path) -> Corpus:
             raise TsdfmError(
                 f"unknown corpus {corpus!r}: it is neither a built-in corpus "
                 f"({', '.join(CORPUS_NAMES)}) nor an existing {'/'.join(SUFFIXES)} file or "
-                "directory"
+                "directory; fix data.corpus"
             )
         docs, source = load_local(path)
     docs = [d for d in docs if d.text.strip()]
     if not docs:
-        raise TsdfmError(f"corpus {corpus!r} holds no non-empty documents; check its contents")
+        raise TsdfmError(
+            f"corpus {corpus!r} holds no non-empty documents; put text in it or set "
+            "data.corpus to another corpus"
+        )
     return Corpus(name=corpus, documents=docs, source=source)
 
 

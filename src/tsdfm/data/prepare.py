@@ -22,7 +22,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from tsdfm.artifacts import atomic_write_json, sha256_file, sha256_json
+from tsdfm.artifacts import (
+    atomic_write_json,
+    ensure_writable,
+    removing_new_dirs_on_error,
+    sha256_file,
+    sha256_json,
+)
 from tsdfm.data.blocks import block_dtype, pack_documents, write_blocks
 from tsdfm.data.corpora import known_source_sha256, load_corpus, split_of
 from tsdfm.data.markov import MarkovChain
@@ -77,6 +83,15 @@ def prepare_data(
         log.info("data up to date in %s", out_dir)
         return load_prepared(out_dir)
 
+    ensure_writable(out_dir)
+    with removing_new_dirs_on_error(out_dir):
+        _build_into(spec, out_dir, cache_dir, progress)
+    log.info("prepared %s into %s", spec.corpus, out_dir)
+    return load_prepared(out_dir)
+
+
+def _build_into(spec: DataSpec, out_dir: Path, cache_dir: Path, progress: bool) -> None:
+    """Build in a temporary sibling, then rename it onto ``out_dir`` (manifest written last)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -104,8 +119,6 @@ def prepare_data(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("prepared %s into %s", spec.corpus, out_dir)
-    return load_prepared(out_dir)
 
 
 def _existing_manifest(out_dir: Path) -> dict[str, Any] | None:

@@ -8,6 +8,9 @@ get logit ``-inf``; the top class is always kept, so every row keeps at least on
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -27,10 +30,11 @@ def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None 
     returns ``logits`` unchanged.
     """
     if top_k is not None:
-        if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1:
+        whole = isinstance(top_k, numbers.Real) and math.isfinite(top_k) and top_k == int(top_k)
+        if isinstance(top_k, bool) or not whole or top_k < 1:
             raise TsdfmError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
         top_k = int(top_k)
-    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+    if top_p is not None and not (isinstance(top_p, numbers.Real) and 0.0 < top_p <= 1.0):
         raise TsdfmError(f"top_p must be in (0, 1] or None, got {top_p!r}")
 
     if top_k is not None and top_k < logits.shape[-1]:

@@ -48,6 +48,9 @@ class SampleResult:
     nfe_actual: int
     seconds: float
     trajectory: list[Tensor] | None = None
+    # Forward passes per sequence (rows forwarded / batch): what caching saves for one sample,
+    # independent of the batch size (a batched call counts once in ``nfe_actual``).
+    nfe_per_sample: float = 0.0
 
 
 def _check_steps(steps: int) -> int:
@@ -153,6 +156,7 @@ def sample(
     x = x0.to(torch.long).clone()
     trajectory = [x.cpu().clone()] if record_trajectory else None
     nfe_actual = 0
+    rows_forwarded = 0
     cached: Tensor | None = None
     seen: Tensor | None = None
     iterator = range(steps)
@@ -175,6 +179,7 @@ def sample(
             if not cache or cached is None:
                 logits = _forward(model_fn, x, t_vec, dt_vec, mask_id)
                 nfe_actual += 1
+                rows_forwarded += batch
                 if cache:
                     cached, seen = logits.clone(), x.clone()
             else:
@@ -182,6 +187,7 @@ def sample(
                 if rows.numel():
                     sub = _forward(model_fn, x[rows], t_vec[rows], dt_vec[rows], mask_id)
                     nfe_actual += 1
+                    rows_forwarded += rows.numel()
                     cached[rows] = sub.to(cached.dtype)
                     seen[rows] = x[rows]
                 logits = cached
@@ -195,4 +201,4 @@ def sample(
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
     seconds = time.perf_counter() - begin
-    return SampleResult(x, steps, nfe_actual, seconds, trajectory)
+    return SampleResult(x, steps, nfe_actual, seconds, trajectory, rows_forwarded / max(batch, 1))

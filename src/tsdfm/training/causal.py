@@ -101,7 +101,7 @@ def train_causal(
     """Train the causal LM for ``role``; returns ``out_dir/model`` (saved with its tokenizer)."""
     stage = stage_config(cfg, role)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    data = load_prepared(data_dir)
+    data = load_prepared(data_dir, verify=True)
     prepare_run_dir(out_dir, resume)
     tcfg = stage.train
     if tcfg.num_threads:
@@ -111,6 +111,7 @@ def train_causal(
     model = CausalLM(mcfg)
     n_params = count_parameters(model)
     ratio = check_compass_size(n_params, teacher_dir) if role == "compass" else None
+    prepare_run_dir(out_dir, resume, model)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     print(

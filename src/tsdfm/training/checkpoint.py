@@ -21,6 +21,33 @@ from tsdfm.errors import TsdfmError
 
 POINTER = "latest.json"
 INDEX = "index.json"
+# A checkpoint holds the weights four times over: model, EMA copy, and AdamW's two moments.
+COPIES_PER_CHECKPOINT = 4
+
+
+def estimate_checkpoint_bytes(model: torch.nn.Module) -> int:
+    """Bytes one checkpoint of ``model`` will take (model + EMA + two optimiser moments)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return COPIES_PER_CHECKPOINT * sum(t.numel() * t.element_size() for t in tensors)
+
+
+def check_disk_space(directory: Path, checkpoint_bytes: int) -> None:
+    """Raise unless ``directory`` (or its nearest existing ancestor) has room for two checkpoints.
+
+    Two, because the new checkpoint is written beside the old one before the old one is
+    dropped: that overlap is what makes a crash during the write harmless. Called once before
+    a run starts, so a full disk is reported before any work, and again before every save.
+    """
+    probe = Path(directory)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < 2 * checkpoint_bytes:
+        raise TsdfmError(
+            f"not enough disk space for a checkpoint in {directory} ({free / 2**20:.1f} MiB "
+            f"free, {2 * checkpoint_bytes / 2**20:.1f} MiB needed): free some space or choose "
+            "another --out, then run again (add --resume if the run has checkpoints)"
+        )
 
 
 class CheckpointManager:
@@ -33,17 +60,11 @@ class CheckpointManager:
         return read_json(path, "checkpoint index") if path.is_file() else []
 
     def save(self, state: dict[str, Any], step: int) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         torch.save(state, buf)
         data = buf.getvalue()
-        free = shutil.disk_usage(self.directory).free
-        if free < 2 * len(data):
-            raise TsdfmError(
-                f"not enough disk space for a checkpoint in {self.directory} "
-                f"({free / 2**20:.1f} MiB free, {len(data) / 2**20:.1f} MiB needed): free some space "
-                "and resume with --resume"
-            )
+        check_disk_space(self.directory, len(data))  # before mkdir: a full disk leaves no dir
+        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"step_{step:07d}.pt"
         atomic_write_bytes(path, data)
         entry = {"file": path.name, "step": step, "sha256": sha256_file(path)}
@@ -63,6 +84,9 @@ class CheckpointManager:
         """Newest intact checkpoint; skips (and names) corrupt ones, errors if none is intact."""
         if not self.has_checkpoint():
             raise TsdfmError(f"no checkpoint to resume from in {self.directory}")
+        # A run killed mid-write leaves its temp file behind (never a half-written checkpoint).
+        for leftover in self.directory.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
         candidates = [read_json(self.directory / POINTER, "checkpoint pointer")]
         candidates += [e for e in reversed(self._index()) if e["step"] != candidates[0]["step"]]
         problems = []

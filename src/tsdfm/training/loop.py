@@ -318,7 +318,10 @@ class Trainer:
                         tb.add_scalar("valid/loss", val_loss, self.step)
                     bar.write(f"[{self.stage}] step {self.step}: val_loss {val_loss:.4f}")
                 bar.update(1)
-                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                # Not inside a run of non-finite steps: if it ends in a stop, the newest
+                # checkpoint must be the last good one, not a copy of the trouble.
+                due = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
+                if due and consecutive_bad == 0:
                     self.save_checkpoint()
                 over_budget = cfg.max_minutes > 0 and self.elapsed > 60 * cfg.max_minutes
                 if over_budget and self.step < cfg.steps:

@@ -34,7 +34,9 @@ def load_teacher(teacher_dir: Path, data) -> Denoiser:
         )
     if teacher.config.max_len < data.seq_len:
         raise TsdfmError(
-            f"data seq_len {data.seq_len} exceeds the teacher's max length {teacher.config.max_len}"
+            f"data seq_len {data.seq_len} exceeds the teacher's max length "
+            f"{teacher.config.max_len}; use the data the teacher was trained on (or prepare "
+            f"data with data.seq_len <= {teacher.config.max_len})"
         )
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -86,7 +88,7 @@ def shaping_setup(
         return None, "blind", None, "student-blind"
     from tsdfm.shaping import shaped_jump
 
-    data = load_prepared(Path(data_dir))
+    data = load_prepared(Path(data_dir), verify=True)
     teacher = load_teacher(Path(teacher_dir), data)
     if compass_dir is None and sh.compass == "ar":
         default = Path(teacher_dir).parent.parent / "compass"
@@ -113,7 +115,7 @@ def train_student(
     extra: dict | None = None,
 ) -> Path:
     data_dir, out_dir, teacher_dir = Path(data_dir), Path(out_dir), Path(teacher_dir)
-    data = load_prepared(data_dir)
+    data = load_prepared(data_dir, verify=True)
     teacher = load_teacher(teacher_dir, data)
     prepare_run_dir(out_dir, resume)
     scfg = cfg.student.train
@@ -121,6 +123,7 @@ def train_student(
         torch.set_num_threads(scfg.num_threads)
     torch.manual_seed(scfg.seed)
     student = build_student(teacher, str(teacher_dir))
+    prepare_run_dir(out_dir, resume, student)
     student.config.extra.update(
         {
             "method": method,

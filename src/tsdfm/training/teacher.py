@@ -11,6 +11,7 @@ from tsdfm.config import ExperimentConfig, save_config
 from tsdfm.data import load_prepared
 from tsdfm.errors import TsdfmError
 from tsdfm.models import Denoiser, DenoiserConfig, count_parameters
+from tsdfm.training.checkpoint import check_disk_space, estimate_checkpoint_bytes
 from tsdfm.training.loop import Trainer
 from tsdfm.training.objectives import DenoisingObjective
 from tsdfm.training.summary import write_summary
@@ -37,8 +38,13 @@ def teacher_model_config(cfg: ExperimentConfig, tokenizer, seq_len: int) -> Deno
     )
 
 
-def prepare_run_dir(out_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite an earlier run unless asked to resume it (nothing is ever lost)."""
+def prepare_run_dir(out_dir: Path, resume: bool, model: torch.nn.Module | None = None) -> None:
+    """Checks that must pass before a stage creates anything in ``out_dir``.
+
+    Refuses to overwrite an earlier run unless asked to resume it (nothing is ever lost), and,
+    given the ``model`` to be trained, refuses to start when the disk cannot hold its
+    checkpoints: failing at the first checkpoint would waste the work and leave a partial run.
+    """
     ensure_writable(out_dir)
     ckpts = out_dir / "checkpoints"
     if not resume and (ckpts.exists() or (out_dir / "model").exists()):
@@ -46,6 +52,8 @@ def prepare_run_dir(out_dir: Path, resume: bool) -> None:
             f"{out_dir} already holds a training run; pass --resume to continue it, or choose "
             "another --out"
         )
+    if model is not None:
+        check_disk_space(ckpts, estimate_checkpoint_bytes(model))
 
 
 def train_teacher(
@@ -56,7 +64,7 @@ def train_teacher(
     progress: bool = True,
 ) -> Path:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    data = load_prepared(data_dir)
+    data = load_prepared(data_dir, verify=True)
     prepare_run_dir(out_dir, resume)
     tcfg = cfg.teacher.train
     if tcfg.num_threads:
@@ -64,6 +72,7 @@ def train_teacher(
     torch.manual_seed(tcfg.seed)
     mcfg = teacher_model_config(cfg, data.tokenizer, data.seq_len)
     model = Denoiser(mcfg)
+    prepare_run_dir(out_dir, resume, model)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_dir / "config.yaml")
     objective = DenoisingObjective(
