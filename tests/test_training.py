@@ -40,6 +40,7 @@ def make_trainer(out, steps=20, source="mask", objective=None, **kw):
     )
     obj = objective or DenoisingObjective(source, "polynomial", 1.0, V, V)
     kw.setdefault("lr", 3e-3)
+    kw.setdefault("ema_decay", 0.8)
     cfg = TrainConfig(
         steps=steps,
         batch_size=8,
@@ -48,7 +49,6 @@ def make_trainer(out, steps=20, source="mask", objective=None, **kw):
         eval_batches=2,
         ckpt_every=10,
         log_every=1,
-        ema_decay=0.8,
         **kw,
     )
     return Trainer(model, obj, data(), data(16, seed=1), cfg, out, progress=False)
@@ -148,3 +148,14 @@ def test_batch_stream_is_a_function_of_step():
         assert torch.equal(a.batch(s), b.batch(s))
     seen = torch.cat([a.batch(s) for s in range(5)])  # 20 rows = 2 epochs: each row twice
     assert len(seen) == 20
+
+
+def test_ship_auto_keeps_the_weights_that_validate_better(tmp_path):
+    """A slow EMA lags a short run: ``ship: auto`` ships the raw weights then, by validation."""
+    tr = make_trainer(tmp_path / "a", steps=60, lr=1e-2, ema_decay=0.999)
+    res = tr.fit()
+    assert res.val_losses["raw"] < res.val_losses["ema"]
+    assert res.shipped == "raw" and res.model is tr.model
+    assert res.final_val_loss == res.val_losses["raw"]
+    forced = make_trainer(tmp_path / "b", steps=60, lr=1e-2, ema_decay=0.999, ship="ema").fit()
+    assert forced.shipped == "ema" and forced.val_losses is None

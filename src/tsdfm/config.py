@@ -93,6 +93,9 @@ class TrainConfig:
     # Wall-clock cap in minutes of training compute (0 = none): the run ends early at a step
     # boundary, with a final checkpoint and model, when a shared machine is slower than planned.
     max_minutes: float = 0.0
+    # Which weights the stage ships: the EMA, the raw weights, or (auto) whichever has the lower
+    # validation loss at the end. A slow EMA lags a short run (DESIGN's tiny CPU budgets).
+    ship: str = "auto"
 
     def validate(self, where: str) -> None:
         _positive(self, where, "steps", "batch_size", "lr", "eval_every", "eval_batches")
@@ -105,6 +108,7 @@ class TrainConfig:
             if not 0.0 <= v < 1.0 + (name == "min_lr_ratio"):
                 raise TsdfmError(f"{where}.{name} must be in [0, 1), got {v}")
         _choice(self, where, "loss", ("ce", "gkl"))
+        _choice(self, where, "ship", ("auto", "ema", "raw"))
 
 
 @dataclass

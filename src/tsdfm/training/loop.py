@@ -88,14 +88,16 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
 
 @dataclass
 class FitResult:
-    model: nn.Module  # the EMA weights (what gets shipped)
+    model: nn.Module  # what gets shipped: the EMA or the raw weights (see ``shipped``)
     raw_model: nn.Module
     steps: int
-    final_val_loss: float | None
+    final_val_loss: float | None  # of the shipped weights
     seconds: float
     tokens_per_second: float
     bad_steps: int
     interrupted: bool
+    shipped: str = "ema"
+    val_losses: dict[str, float] | None = None  # {"ema": ..., "raw": ...} when both were measured
 
 
 class _StopFlag:
@@ -344,8 +346,20 @@ class Trainer:
         bar.close()
         if tb is not None:
             tb.close()
+        shipped, val_losses = "ema", None
+        if not interrupted and cfg.ship != "ema":
+            # An EMA lags a model that is still improving: in a short run it averages over weights
+            # from the high-learning-rate phase. Keep whichever validates better (``ship: auto``).
+            ema_loss = val_loss if val_loss is not None else self.validate()
+            raw_loss = self.validate(self.model)
+            val_losses = {"ema": ema_loss, "raw": raw_loss}
+            if cfg.ship == "raw" or raw_loss < ema_loss:
+                shipped, val_loss = "raw", raw_loss
+            print(
+                f"[{self.stage}] validation: EMA {ema_loss:.4f}, raw {raw_loss:.4f} -> shipping {shipped}"
+            )
         return FitResult(
-            model=self.ema.module,
+            model=self.ema.module if shipped == "ema" else self.model,
             raw_model=self.model,
             steps=self.step,
             final_val_loss=val_loss,
@@ -353,6 +367,8 @@ class Trainer:
             tokens_per_second=self.step * tokens_per_step / max(self.elapsed, 1e-9),
             bad_steps=self.bad_steps,
             interrupted=interrupted,
+            shipped=shipped,
+            val_losses=val_losses,
         )
 
 

@@ -177,6 +177,8 @@ def train_student(
             "train_seconds": round(result.seconds, 1),
             "sec_per_step": round(result.seconds / max(result.steps, 1), 4),
             "bad_steps": result.bad_steps,
+            "shipped": result.shipped,
+            "val_losses": result.val_losses,
             "student": asdict(cfg.student),
             "shaping": extra or None,
         },

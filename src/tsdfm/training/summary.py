@@ -35,6 +35,8 @@ def write_summary(
         "train_seconds": round(result.seconds, 1),
         "tokens_per_second": round(result.tokens_per_second, 1),
         "bad_steps": result.bad_steps,
+        "shipped": result.shipped,
+        "val_losses": result.val_losses,
         "data": str(data_dir),
         **extra,
         "model_config": asdict(model_config),
