@@ -36,6 +36,28 @@ def _check_count(name: str, value) -> None:
         raise TsdfmError(f"{name} must be >= 1 (a whole number), got {value!r}")
 
 
+def can_cache(model: Denoiser, cache: bool = True) -> bool:
+    """Forward caching is exact only for a mask-source model that ignores t and dt."""
+    c = model.config
+    return cache and c.source == "mask" and not c.time_cond and not c.dt_cond
+
+
+def sample_denoiser(model: Denoiser, x0, steps: int, generator, cache: bool = True, **kw):
+    """The exact sampler with the model's own flow settings (source, scheduler, mask id)."""
+    c = model.config
+    return sample(
+        model,
+        x0,
+        steps,
+        make_scheduler(c.scheduler, c.exponent),
+        c.source,
+        c.mask_id,
+        generator,
+        cache=can_cache(model, cache),
+        **kw,
+    )
+
+
 def draw_samples(
     model_dir: str | Path,
     steps: int = 1024,
@@ -79,17 +101,14 @@ def draw_samples(
             row_fwd += length * b
             continue
         assert isinstance(model, Denoiser)
-        use_cache = cache and cfg.source == "mask" and not cfg.time_cond and not cfg.dt_cond
+        use_cache = can_cache(model, cache)
         x0 = sample_source((b, length), cfg.source, cfg.mask_id, cfg.num_classes, gen)
-        res = sample(
+        res = sample_denoiser(
             model,
             x0,
             steps,
-            make_scheduler(cfg.scheduler, cfg.exponent),
-            cfg.source,
-            cfg.mask_id,
             gen,
-            cache=use_cache,
+            cache=cache,
             top_k=top_k,
             top_p=top_p,
             progress=progress and num <= batch_size,

@@ -215,23 +215,20 @@ class Generator:
             raise TsdfmError("top_k/top_p are not supported for the causal LM; leave them unset")
 
     def _dfm_batch(self, b, ids, fixed, steps, gen, top_k, top_p, cache, callback):
-        from tsdfm.flow import make_scheduler, sample, sample_source
+        from tsdfm.flow import sample_source
+        from tsdfm.generation import sample_denoiser
 
         cfg = self.config
         x0 = sample_source((b, ids.numel()), cfg.source, cfg.mask_id, cfg.num_classes, gen)
         x0 = x0.to(self.device)
         clamp = fixed.to(self.device).expand(b, -1)
         x0 = torch.where(clamp, ids.to(self.device).expand(b, -1), x0)
-        use_cache = cache and cfg.source == "mask" and not cfg.time_cond and not cfg.dt_cond
-        res = sample(
+        res = sample_denoiser(
             self.model,
             x0,
             steps,
-            make_scheduler(cfg.scheduler, cfg.exponent),
-            cfg.source,
-            cfg.mask_id,
             gen,
-            cache=use_cache,
+            cache=cache,
             top_k=top_k,
             top_p=top_p,
             clamp=clamp.contiguous() if bool(fixed.any()) else None,
