@@ -104,8 +104,9 @@ def load_models(args: argparse.Namespace, cfg: ExperimentConfig) -> tuple[dict, 
     return models, sources
 
 
-def time_row(name, model_tok, steps, batch, cache, seq_len, args) -> dict:
+def time_row(name, model_tok, steps, batch, cache, seq_len, args, repeats=None) -> dict:
     """Warm-up, then ``repeats`` timed draw_samples calls; the sampler's own clock is used."""
+    repeats = repeats or args.repeats
     model = model_tok[0]
     is_ar = isinstance(model, CausalLM)
 
@@ -118,7 +119,7 @@ def time_row(name, model_tok, steps, batch, cache, seq_len, args) -> dict:
 
     for w in range(args.warmup):
         call(steps if is_ar else min(steps, WARMUP_MAX_STEPS), 10_000 + w)
-    metas = [call(steps, r) for r in range(args.repeats)]
+    metas = [call(steps, r) for r in range(repeats)]
     secs = [m["seconds"] for m in metas]
     med = statistics.median(secs)
     return {
@@ -130,6 +131,7 @@ def time_row(name, model_tok, steps, batch, cache, seq_len, args) -> dict:
         "nfe_actual": statistics.mean(m["nfe_actual"] for m in metas),
         "seconds_median": med,
         "seconds_runs": secs,
+        "repeats": repeats,
         "ms_per_sample": 1000 * med / batch,
         "tokens_per_second": batch * seq_len / med,
     }
@@ -172,7 +174,12 @@ def run(args: argparse.Namespace) -> dict:
         for steps in args.student_steps:
             rows.append(time_row("student", models["student"], steps, b, False, seq_len, args))
         teacher = models["teacher"]
-        rows.append(time_row("teacher", teacher, args.teacher_steps, b, False, seq_len, args))
+        rows.append(
+            time_row(
+                "teacher", teacher, args.teacher_steps, b, False, seq_len, args,
+                repeats=args.teacher_repeats,
+            )
+        )  # fmt: skip
         cached = time_row("teacher", teacher, args.teacher_steps, b, True, seq_len, args)
         if cached["forward_cache"]:  # a time-conditioned (uniform-source) teacher cannot cache
             rows.append(cached)
@@ -216,14 +223,15 @@ def markdown(r: dict) -> str:
         f"{r['vocab_size']} ids, {r['source']} source, {weights}; median of {r['repeats']} runs "
         f"after {r['warmup']} warm-up; float64 draws{' (QUICK settings)' if r['quick'] else ''}.\n",
         "| model | steps | batch | forward cache | NFE nominal | NFE actual | ms / sample | "
-        "tokens / s |",
-        "|---|---|---|---|---|---|---|---|",
+        "tokens / s | runs (min..max s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for x in r["rows"]:
         cache = "kv" if x["model"] == "ar" else ("on" if x["forward_cache"] else "off")
         lines.append(
             f"| {x['model']} | {x['steps']} | {x['batch']} | {cache} | {x['nfe_nominal']} | "
-            f"{x['nfe_actual']:.1f} | {x['ms_per_sample']:.2f} | {x['tokens_per_second']:,.0f} |"
+            f"{x['nfe_actual']:.1f} | {x['ms_per_sample']:.2f} | {x['tokens_per_second']:,.0f} | "
+            f"{len(x['seconds_runs'])} ({min(x['seconds_runs']):.3g}..{max(x['seconds_runs']):.3g}) |"
         )
     lines.append("\nSpeed-up (ratio of wall-clock per batch):\n")
     for b, ratios in r["speedups"].items():
@@ -245,6 +253,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--headline-steps", type=int, default=8, help="student steps for speed-ups")
     ap.add_argument("--teacher-steps", type=int, default=None, help="default 1024 (quick: 64)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs (default 5, quick 2)")
+    ap.add_argument(
+        "--teacher-repeats",
+        type=int,
+        default=None,
+        help="timed runs of the uncached 1,024-step teacher (default: --repeats; on a CPU at "
+        "batch 32 one run takes minutes, so fewer may be needed: the table shows the count)",
+    )
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "results"), help="output folder")
@@ -252,6 +267,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.batch_sizes = args.batch_sizes or ([1, 4] if args.quick else [1, 32])
     args.teacher_steps = args.teacher_steps or (64 if args.quick else 1024)
     args.repeats = args.repeats or (2 if args.quick else 5)
+    args.teacher_repeats = args.teacher_repeats or args.repeats
+    if args.teacher_repeats < 1:
+        ap.error("--teacher-repeats must be >= 1")
     if args.repeats < 5 and not args.quick:
         ap.error("--repeats must be >= 5 for a meaningful median (or use --quick)")
     if min(args.batch_sizes + args.student_steps + [args.teacher_steps, args.threads]) < 1:

@@ -168,3 +168,48 @@ def test_cli_evaluate_markov_defaults_to_truth(markov, tmp_path, capsys):
     assert res["evaluators"] == ["truth"] and len(res["rows"]) == 2
     assert main(["evaluate", "--samples", str(path), "--evaluators", "truth", "--no-plots"]) == 2
     assert "markov" in capsys.readouterr().err
+
+
+def test_cached_teacher_row_reports_uncached_time_and_speedups(markov, tmp_path):
+    """Section-8 speed fields: the teacher row's sec_per_sample is the plain sampler's time, the
+    cached one sits beside it, and every row's speed-up is measured against both."""
+    teacher = write_chain_samples(
+        tmp_path / "samples" / "teacher_1024.jsonl",
+        markov,
+        32,
+        1,
+        source="mask",
+        steps=1024,
+        sec_per_sample=0.5,
+        sec_per_sample_uncached=4.0,
+    )
+    student = write_chain_samples(
+        tmp_path / "samples" / "blind_8.jsonl",
+        markov,
+        32,
+        2,
+        method="blind",
+        source="mask",
+        steps=8,
+        sec_per_sample=0.04,
+    )
+    out = tmp_path / "eval"
+    evs = {"truth": TruthEvaluator(markov.chain())}
+    res = evaluate(
+        [teacher, student],
+        evs,
+        markov.directory,
+        out_dir=out,
+        plots=False,
+        run_config={"name": "unit"},
+    )
+    _, t_row, s_row = res["rows"]
+    assert (t_row["sec_per_sample"], t_row["sec_per_sample_cached"]) == (4.0, 0.5)
+    assert s_row["sec_per_sample_cached"] is None
+    assert s_row["speedup"] == pytest.approx(100.0)
+    assert s_row["speedup_cached"] == pytest.approx(12.5)
+    assert t_row["speedup"] == pytest.approx(1.0)
+    assert res["run_config"] == {"name": "unit"}
+    report = (out / "report.md").read_text()
+    assert "100.0x (12.5x)" in report and "speed-up vs teacher@1024" in report
+    assert "## Samples" in report and "**blind_8**" in report and '"name": "unit"' in report

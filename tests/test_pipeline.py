@@ -44,9 +44,15 @@ def test_pipeline_runs_every_stage_then_skips(tmp_path, capsys):
     assert ("teacher", 8) in methods and ("blind", 2) in methods and ("shaped", 2) in methods
     assert any(m == "ar" for m, _ in methods)
     assert "truth" in results["evaluators"]
+    # the cached teacher row at the most steps carries the uncached time too, and speed-ups
+    t8 = next(r for r in results["rows"] if (r["method"], r["steps"]) == ("teacher", 8))
+    assert t8["sec_per_sample_cached"] > 0 and t8["sec_per_sample"] > 0
+    assert t8["speedup"] == pytest.approx(1.0)
+    assert results["run_config"]["name"] == cfg.name
     capsys.readouterr()
     run_pipeline(cfg, tmp_path, progress=False)
     out = capsys.readouterr().out
     for stage in ("teacher", "compass", "ar", "student (blind)", "student (shaped)"):
         assert f"== {stage}: complete, skipping" in out
     assert "sampling" not in out  # samples with the same provenance are reused
+    assert "timing the uncached" not in out  # measured once, kept in the samples metadata

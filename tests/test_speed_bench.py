@@ -13,7 +13,7 @@ from tsdfm.models import CausalConfig, CausalLM, Denoiser, DenoiserConfig
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 ROW_KEYS = {
     "model", "steps", "batch", "forward_cache", "nfe_nominal", "nfe_actual", "seconds_median",
-    "seconds_runs", "ms_per_sample", "tokens_per_second",
+    "seconds_runs", "repeats", "ms_per_sample", "tokens_per_second",
 }  # fmt: skip
 
 
@@ -48,8 +48,13 @@ def _check(result: dict, out: Path, batches: list[int], student_steps: list[int]
 
 def test_quick_random_small(speed, tmp_path):
     argv = ["--quick", "--random", "--out", str(tmp_path), "--repeats", "1", "--warmup", "0"]
-    result = speed.main([*argv, "--student-steps", "1", "8", "--teacher-steps", "8"])
+    result = speed.main(
+        [*argv, "--student-steps", "1", "8", "--teacher-steps", "8", "--teacher-repeats", "2"]
+    )
     _check(result, tmp_path, [1, 4], [1, 8])
+    for r in result["rows"]:  # only the uncached teacher takes the separate repeat count
+        uncached_teacher = r["model"] == "teacher" and not r["forward_cache"]
+        assert r["repeats"] == len(r["seconds_runs"]) == (2 if uncached_teacher else 1)
 
 
 @pytest.mark.slow

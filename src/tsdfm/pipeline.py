@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tsdfm.artifacts import read_json
-from tsdfm.config import ExperimentConfig, save_config
+from tsdfm.artifacts import atomic_write_json, read_json
+from tsdfm.config import ExperimentConfig, save_config, to_dict
 from tsdfm.data import prepare_data
 from tsdfm.errors import TsdfmError
 
@@ -68,7 +68,28 @@ def _sample_rows(
             progress=False,
         )
         files.append(write_samples(path, s))
+    if cfg.flow.source == "mask" and cfg.sample.cache and ev.teacher_steps:
+        _add_uncached_timing(run, max(ev.teacher_steps), ev.batch_size, cfg.data.seq_len)
     return files
+
+
+def _add_uncached_timing(run: Path, steps: int, batch_size: int, seq_len: int) -> None:
+    """The teacher row at its largest step count was sampled with forward caching; record what
+    the plain sampler costs too (``evaluation.timing``), once, in that file's metadata."""
+    from tsdfm.evaluation.timing import time_uncached
+    from tsdfm.generation import meta_path
+    from tsdfm.models import load_pretrained
+
+    mpath = meta_path(run / "samples" / f"teacher_{steps}.jsonl")
+    meta = read_json(mpath)
+    if "sec_per_sample_uncached" in meta or not meta.get("sampler", {}).get("forward_cache"):
+        return
+    model, _ = load_pretrained(run / "teacher" / "model")
+    print(f"   timing the uncached teacher @ {steps} steps (batch {batch_size})")
+    timing = time_uncached(model, steps, batch_size, seq_len=seq_len)
+    meta["sec_per_sample_uncached"] = timing.sec_per_sample
+    meta["uncached_timing"] = timing.as_meta()
+    atomic_write_json(mpath, meta)
 
 
 def run_pipeline(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) -> dict:
@@ -178,7 +199,13 @@ def evaluate_run(cfg: ExperimentConfig, run: Path, files: list[Path]) -> dict:
     specs = default_specs(run / "data", is_markov)
     evaluators = build_evaluators(specs, data)
     results = evaluate(
-        files, evaluators, run / "data", out_dir=run / "report", config_name=cfg.name, verbose=False
+        files,
+        evaluators,
+        run / "data",
+        out_dir=run / "report",
+        config_name=cfg.name,
+        verbose=False,
+        run_config=to_dict(cfg),
     )
     print(markdown_table(results))
     return results

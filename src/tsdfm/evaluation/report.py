@@ -1,8 +1,14 @@
 """``results.json`` (the contract of DESIGN.md section 8) and the markdown table beside it.
 
-Top-level keys are exactly ``config, created, versions, evaluators, rows``; every row carries
-the section-8 keys (plus additions such as ``entropy_std``, ``distinct_3``, ``label``, and for
-``markov`` data ``truth_nll``, ``entropy_rate``, ``ngram_tv``). Non-finite numbers become
+Top-level keys are ``config, created, versions, evaluators, rows`` (plus ``run_config``, the
+resolved experiment config, when the pipeline wrote it); every row carries the section-8 keys
+(plus additions such as ``entropy_std``, ``distinct_3``, ``label``, ``sec_per_sample_cached``,
+``speedup``, and for ``markov`` data ``truth_nll``, ``entropy_rate``, ``ngram_tv``).
+
+Speed: a teacher row sampled with forward caching reports the *uncached* sampler's time as
+``sec_per_sample`` and the cached one as ``sec_per_sample_cached``; ``speedup`` is the
+reference teacher's (most steps) uncached time over the row's time, ``speedup_cached`` the same
+against its cached time: the student must beat both to matter. Non-finite numbers become
 ``null`` so the file stays valid JSON. The ``data`` row never names a samples file: real text
 stays out of anything that may be committed.
 
@@ -12,6 +18,7 @@ the data's is mode collapse, not quality (DESIGN.md section 5).
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 from pathlib import Path
@@ -68,13 +75,19 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def build_results(config: str, evaluators: list[str], rows: list[dict[str, Any]]) -> dict:
+def build_results(
+    config: str,
+    evaluators: list[str],
+    rows: list[dict[str, Any]],
+    run_config: dict[str, Any] | None = None,
+) -> dict:
     """The section-8 document; row keys in contract order, extras after."""
     ordered = []
     for row in rows:
         out = {k: row.get(k) for k in ROW_KEYS}
         out.update({k: v for k, v in row.items() if k not in out})
         ordered.append(out)
+    _add_speedups(ordered)
     results = {
         "config": config,
         "created": now_iso(),
@@ -82,7 +95,23 @@ def build_results(config: str, evaluators: list[str], rows: list[dict[str, Any]]
         "evaluators": list(evaluators),
         "rows": ordered,
     }
+    if run_config is not None:
+        results["run_config"] = run_config
     return _clean(results)
+
+
+def _add_speedups(rows: list[dict[str, Any]]) -> None:
+    """``speedup`` (vs the uncached reference teacher) and ``speedup_cached`` on every timed row."""
+    teachers = [r for r in rows if r.get("method") == "teacher" and r.get("sec_per_sample")]
+    if not teachers:
+        return
+    ref = max(teachers, key=lambda r: r.get("steps") or 0)
+    plain = ref["sec_per_sample"]
+    cached = ref.get("sec_per_sample_cached") or plain
+    for r in rows:
+        sec = r.get("sec_per_sample")
+        r["speedup"] = plain / sec if sec else None
+        r["speedup_cached"] = cached / sec if sec else None
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -101,7 +130,13 @@ def markdown_table(results: dict[str, Any]) -> str:
     head += [f"gen-PPL {e}" for e in evs] + ["entropy (std)", "distinct-2", "distinct-3"]
     if truth:
         head += ["truth-NLL", "H", "n-gram TV"]
-    head += ["NFE nominal / actual", "ms / sample"]
+    ref = max(
+        (r for r in rows if r["method"] == "teacher" and r.get("sec_per_sample")),
+        key=lambda r: r.get("steps") or 0,
+        default=None,
+    )
+    vs = f"teacher@{ref['steps']}" if ref else "teacher"
+    head += ["NFE nominal / actual", "ms / sample", "ms cached", f"speed-up vs {vs} (cached)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
@@ -127,25 +162,65 @@ def markdown_table(results: dict[str, Any]) -> str:
             "–" if r["nfe_nominal"] is None else f"{r['nfe_nominal']} / {_fmt(r['nfe_actual'], 0)}"
         )
         ms = None if r["sec_per_sample"] is None else 1000 * r["sec_per_sample"]
-        cells += [nfe, _fmt(ms, 2)]
+        cached = r.get("sec_per_sample_cached")
+        up, up_c = r.get("speedup"), r.get("speedup_cached")
+        cells += [
+            nfe,
+            _fmt(ms, 2),
+            _fmt(None if cached is None else 1000 * cached, 2),
+            "–" if up is None else f"{up:.1f}x ({up_c:.1f}x)",
+        ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(results: dict[str, Any], plot_files: list[str] | None = None) -> str:
+def render_markdown(
+    results: dict[str, Any],
+    plot_files: list[str] | None = None,
+    out_dir: Path | None = None,
+    samples_per_row: int = 3,
+) -> str:
     v = results["versions"]
     parts = [
         f"# Evaluation: {results['config']}",
         "",
         f"Created {results['created']} with tsdfm {v.get('tsdfm')}, torch {v.get('torch')}. "
         "gen-PPL is pooled (exp of total NLL over total evaluator tokens); entropy is the "
-        "per-sample unigram entropy in nats (mean and std); compare both with the data row.",
+        "per-sample unigram entropy in nats (mean and std); compare both with the data row. "
+        "ms / sample is the plain sampler's time (for a cached teacher row: measured on a "
+        "window of uncached steps and scaled, see `tsdfm.evaluation.timing`); 'ms cached' is "
+        "the forward-cached time the samples were drawn with.",
         "",
         markdown_table(results),
     ]
     for p in plot_files or []:
         parts.append(f"![{Path(p).stem}]({p})")
+    if out_dir is not None and samples_per_row > 0:
+        parts += ["", "## Samples", ""] + _sample_lines(results, Path(out_dir), samples_per_row)
+    parts += ["", "## Versions", "", "```json", json.dumps(v, indent=1), "```"]
+    if results.get("run_config"):
+        parts += ["", "## Config", "", "```json", json.dumps(results["run_config"], indent=1)]
+        parts += ["```"]
     return "\n".join(parts) + "\n"
+
+
+def _sample_lines(results: dict[str, Any], out_dir: Path, n: int, width: int = 240) -> list[str]:
+    """The first ``n`` samples of each row (real text never: the data row names no file)."""
+    lines = []
+    for r in results["rows"]:
+        rel = r.get("samples")
+        path = out_dir / rel if rel else None
+        if path is None or not path.is_file():
+            continue
+        lines.append(f"**{r.get('label') or r['method']}**")
+        lines.append("")
+        with open(path, encoding="utf-8") as f:
+            for _, line in zip(range(n), f, strict=False):
+                text = " ".join(json.loads(line).get("text", "").split())
+                text = text if len(text) <= width else text[: width - 1] + "…"
+                lines.append("- " + text.replace("|", "\\|"))
+        lines.append("")
+    return lines
 
 
 def write_report(out_dir: Path, results: dict[str, Any], plots: bool = True) -> Path:
@@ -158,5 +233,5 @@ def write_report(out_dir: Path, results: dict[str, Any], plots: bool = True) -> 
 
         plot_files = [p.relative_to(out_dir).as_posix() for p in write_plots(results, out_dir)]
     atomic_write_json(out_dir / "results.json", results)
-    atomic_write_text(out_dir / "report.md", render_markdown(results, plot_files))
+    atomic_write_text(out_dir / "report.md", render_markdown(results, plot_files, out_dir))
     return out_dir / "results.json"
