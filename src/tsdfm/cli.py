@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", required=True, help="model directory (e.g. runs/tiny/teacher/model)"
     )
     smp.add_argument("--steps", type=int, default=1024)
-    smp.add_argument("--num", type=int, default=8)
+    # --num-samples: torchrun's own parser rejects a bare --num as ambiguous (--numa-binding).
+    smp.add_argument("--num", "--num-samples", dest="num", type=int, default=8)
     smp.add_argument("--seed", type=int, default=0)
     smp.add_argument("--batch-size", type=int, default=64)
     smp.add_argument("--top-k", type=int, default=None)
@@ -147,6 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# Commands that run under torchrun (one process per GPU); the rest are single-process jobs.
+DISTRIBUTED_COMMANDS = ("train", "sample")
+
+
+def _is_main() -> bool:
+    from tsdfm import distributed
+
+    return distributed.launched_world_size() == 1 or distributed.setup("cpu").is_main
+
+
+def _check_launch(args) -> None:
+    """Refuse a single-process command started by torchrun: N copies would race on its files."""
+    from tsdfm import distributed
+    from tsdfm.errors import TsdfmError
+
+    if args.command not in DISTRIBUTED_COMMANDS and distributed.launched_world_size() > 1:
+        raise TsdfmError(
+            f"`tsdfm {args.command}` runs in one process; start it without torchrun (only "
+            "`tsdfm train ...` and `tsdfm sample` are distributed, see docs/scale-out.md)"
+        )
+
+
 def _cfg(args):
     from tsdfm.config import load_config
 
@@ -199,6 +222,8 @@ def _run(args) -> int:
             args.out
             or Path(args.model).parent / "samples" / f"steps{s.meta['steps']}_seed{args.seed}.jsonl"
         )
+        if not _is_main():
+            return 0  # under torchrun every rank drew its share; rank 0 writes and reports
         write_samples(out, s)
         for text in s.texts[: args.show]:
             print("-", text)
@@ -381,6 +406,7 @@ def _evaluate(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_launch(args)
         return _run(args)
     except TsdfmError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -388,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        from tsdfm import distributed
+
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

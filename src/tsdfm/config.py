@@ -96,9 +96,25 @@ class TrainConfig:
     # Which weights the stage ships: the EMA, the raw weights, or (auto) whichever has the lower
     # validation loss at the end. A slow EMA lags a short run (DESIGN's tiny CPU budgets).
     ship: str = "auto"
+    # Scale-out (docs/scale-out.md). ``batch_size`` is the GLOBAL batch of one optimiser step:
+    # it is split into world_size x grad_accum_steps equal micro-batches, each with its own noise
+    # stream, so a recipe means the same thing on 1 CPU or 8 GPUs.
+    grad_accum_steps: int = 1
+    device: str = "auto"  # auto (this rank's GPU if CUDA is available, else CPU) | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on a bf16 GPU, fp32 elsewhere) | fp32 | bf16
+    compile: bool = False  # torch.compile the trained model's forward (GPU runs; slow to start)
 
     def validate(self, where: str) -> None:
         _positive(self, where, "steps", "batch_size", "lr", "eval_every", "eval_batches")
+        _positive(self, where, "grad_accum_steps")
+        _choice(self, where, "device", ("auto", "cpu", "cuda"))
+        _choice(self, where, "precision", ("auto", "fp32", "bf16"))
+        if self.batch_size % self.grad_accum_steps:
+            raise TsdfmError(
+                f"{where}.batch_size={self.batch_size} must be divisible by "
+                f"{where}.grad_accum_steps={self.grad_accum_steps} (it is the global batch, "
+                "split into equal micro-batches)"
+            )
         _positive(self, where, "ckpt_every", "keep_checkpoints", "log_every", "max_bad_steps")
         _nonneg(
             self, where, "warmup_steps", "weight_decay", "grad_clip", "num_threads", "max_minutes"

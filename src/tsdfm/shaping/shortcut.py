@@ -83,13 +83,15 @@ def sample_step_and_time(
     batch: int, teacher_steps: int, scheme: str, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
     """``dt ~ weights`` and ``t = k / N`` uniform on the grid with ``t + dt <= 1`` (float32 [B])."""
-    sizes = step_sizes(teacher_steps)
+    # Drawn on the generator's device (a GPU run passes a CUDA generator); same numbers on CPU.
+    device = generator.device
+    sizes = step_sizes(teacher_steps).to(device)
     idx = torch.multinomial(
-        step_size_weights(teacher_steps, scheme), batch, True, generator=generator
+        step_size_weights(teacher_steps, scheme).to(device), batch, True, generator=generator
     )
     dt = sizes[idx]
     span = (teacher_steps - (dt * teacher_steps).round()).long()  # admissible k in [0, span]
-    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    u = torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
     k = (u * (span + 1).double()).floor().clamp(max=span.double())
     t = k / teacher_steps
     return dt.float(), t.float()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from tsdfm import distributed
 from tsdfm.config import CausalStageConfig, ExperimentConfig, save_config
 from tsdfm.data import load_prepared
 from tsdfm.errors import TsdfmError
@@ -27,7 +28,7 @@ from tsdfm.models import CausalConfig, CausalLM, count_parameters, load_pretrain
 from tsdfm.training.loop import Trainer
 from tsdfm.training.objectives import NextTokenObjective
 from tsdfm.training.summary import write_summary
-from tsdfm.training.teacher import prepare_run_dir
+from tsdfm.training.teacher import prepare_run_dir, world_note
 
 ROLES = {
     "compass": "compass",
@@ -101,9 +102,10 @@ def train_causal(
     """Train the causal LM for ``role``; returns ``out_dir/model`` (saved with its tokenizer)."""
     stage = stage_config(cfg, role)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    tcfg = stage.train
+    ctx = distributed.setup(tcfg.device)
     data = load_prepared(data_dir, verify=True)
     prepare_run_dir(out_dir, resume)
-    tcfg = stage.train
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     torch.manual_seed(tcfg.seed)
@@ -112,12 +114,13 @@ def train_causal(
     n_params = count_parameters(model)
     ratio = check_compass_size(n_params, teacher_dir) if role == "compass" else None
     prepare_run_dir(out_dir, resume, model)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
-    print(
-        f"[{role}] {n_params / 1e6:.2f}M parameters, L={data.seq_len}, "
-        f"{len(data.split('train'))} training blocks, seed {tcfg.seed}"
-    )
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+        print(
+            f"[{role}] {n_params / 1e6:.2f}M parameters, L={data.seq_len}, "
+            f"{len(data.split('train'))} training blocks, seed {tcfg.seed}" + world_note(ctx)
+        )
     trainer = Trainer(
         model,
         NextTokenObjective(),
@@ -131,13 +134,18 @@ def train_causal(
     result = trainer.fit(resume=resume)
     if result.interrupted:
         raise SystemExit(130)
-    model_dir = result.model.save_pretrained(out_dir / "model", tokenizer=data.tokenizer)
-    extra = {"role": role}
-    if ratio is not None:
-        extra["teacher_parameter_ratio"] = round(ratio, 4)
-    write_summary(out_dir, role, result, n_params, data_dir, mcfg, **extra)
-    print(
-        f"[{role}] done: val_loss {result.final_val_loss:.4f} in {result.seconds:.0f}s -> "
-        f"{model_dir}"
-    )
+    model_dir = out_dir / "model"
+    if ctx.is_main:
+        model_dir = result.model.save_pretrained(model_dir, tokenizer=data.tokenizer)
+        extra = {"role": role}
+        if ratio is not None:
+            extra["teacher_parameter_ratio"] = round(ratio, 4)
+        if ctx.enabled:
+            extra["world_size"] = ctx.world_size
+        write_summary(out_dir, role, result, n_params, data_dir, mcfg, **extra)
+        print(
+            f"[{role}] done: val_loss {result.final_val_loss:.4f} in {result.seconds:.0f}s -> "
+            f"{model_dir}"
+        )
+    distributed.barrier()  # the other ranks return once the model is on disk
     return model_dir

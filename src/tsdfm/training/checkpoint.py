@@ -80,12 +80,16 @@ class CheckpointManager:
     def has_checkpoint(self) -> bool:
         return (self.directory / POINTER).is_file()
 
-    def load_latest(self) -> tuple[dict[str, Any], int]:
-        """Newest intact checkpoint; skips (and names) corrupt ones, errors if none is intact."""
+    def load_latest(self, cleanup: bool = True, verbose: bool = True) -> tuple[dict[str, Any], int]:
+        """Newest intact checkpoint; skips (and names) corrupt ones, errors if none is intact.
+
+        Under torchrun every rank reads the checkpoint but only rank 0 (``cleanup``) removes
+        leftovers and (``verbose``) reports fallbacks; all ranks pick the same file.
+        """
         if not self.has_checkpoint():
             raise TsdfmError(f"no checkpoint to resume from in {self.directory}")
         # A run killed mid-write leaves its temp file behind (never a half-written checkpoint).
-        for leftover in self.directory.glob(".*.tmp"):
+        for leftover in self.directory.glob(".*.tmp") if cleanup else ():
             leftover.unlink(missing_ok=True)
         candidates = [read_json(self.directory / POINTER, "checkpoint pointer")]
         candidates += [e for e in reversed(self._index()) if e["step"] != candidates[0]["step"]]
@@ -98,7 +102,7 @@ class CheckpointManager:
             if sha256_file(path) != entry["sha256"]:
                 problems.append(f"{path} is corrupt (checksum mismatch)")
                 continue
-            if problems:
+            if problems and verbose:
                 print(f"warning: {'; '.join(problems)}; resuming from {path.name} instead")
             state = torch.load(path, map_location="cpu", weights_only=False)
             return state, entry["step"]

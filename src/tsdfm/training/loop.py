@@ -6,8 +6,19 @@ bar, atomic checkpoints, exact resume, graceful stop on SIGINT/SIGTERM, and skip
 non-finite steps. A stage supplies only an objective and its data.
 
 Exact resume rests on three facts: the batch for step s is a pure function of (seed, s); all noise
-comes from one ``torch.Generator`` whose state is checkpointed; model, EMA, optimiser and
+comes from ``torch.Generator`` objects whose states are checkpointed; model, EMA, optimiser and
 scheduler states are checkpointed together.
+
+Scale-out (torchrun, DDP; docs/scale-out.md). ``batch_size`` is the global batch of a step. It
+is cut into ``S = world_size x grad_accum_steps`` equal, contiguous *shards*; shard j is the
+j-th micro-batch of rank ``j // grad_accum_steps`` and draws its noise from its own generator,
+seeded from ``(seed, j)`` (shard 0 from ``seed`` itself, which keeps a one-process run exactly
+what it was before scale-out existed). So a run is defined by S, not by how S is split into
+processes: 2 processes x 1 micro-batch and 1 process x 2 micro-batches see the same rows with
+the same noise and differ only in floating-point summation order, which is what the
+distributed tests compare, and what makes a resume with another world size (same S) sound.
+``BatchStream`` is the distributed sampler: every rank derives the step's global batch from
+``(seed, epoch)`` and keeps its own shards, so there is no sampler state to synchronise.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +40,9 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, Sequ
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from tsdfm import distributed
 from tsdfm.config import TrainConfig
+from tsdfm.distributed import derive_seed, make_generator
 from tsdfm.errors import TsdfmError
 from tsdfm.training.checkpoint import CheckpointManager
 from tsdfm.training.objectives import Objective
@@ -50,7 +64,8 @@ class BatchStream:
             self._perm_epoch = epoch
         return self._perm
 
-    def batch(self, step: int) -> torch.Tensor:
+    def indices(self, step: int) -> np.ndarray:
+        """Row indices of the global batch of ``step``."""
         n = len(self.data)
         start = step * self.batch_size
         idx = []
@@ -58,7 +73,19 @@ class BatchStream:
             epoch, offset = divmod(start + len(idx), n)
             take = min(self.batch_size - len(idx), n - offset)
             idx.extend(self._perm_for(epoch)[offset : offset + take].tolist())
-        rows = self.data[np.asarray(idx)]
+        return np.asarray(idx)
+
+    def batch(self, step: int) -> torch.Tensor:
+        """The global batch of ``step`` as an int64 tensor ``[batch_size, L]``."""
+        return self._rows(self.indices(step))
+
+    def shard(self, step: int, lo: int, hi: int) -> torch.Tensor:
+        """Rows ``lo:hi`` of the global batch of ``step`` (a rank's micro-batch); only those
+        rows are read from disk."""
+        return self._rows(self.indices(step)[lo:hi])
+
+    def _rows(self, idx: np.ndarray) -> torch.Tensor:
+        rows = self.data[idx]
         return torch.as_tensor(np.asarray(rows, dtype=np.int64))
 
 
@@ -139,13 +166,22 @@ class Trainer:
         progress: bool = True,
         extra_state: Callable[[], dict] | None = None,
     ):
-        self.model, self.objective, self.cfg = model, objective, cfg
-        self.out_dir, self.stage, self.on_eval, self.progress = (
-            Path(out_dir),
-            stage,
-            on_eval,
-            progress,
-        )
+        self.dist = distributed.setup(cfg.device)
+        self.device = self.dist.device
+        self.accum = cfg.grad_accum_steps
+        self.streams = self.dist.world_size * self.accum
+        if cfg.batch_size % self.streams:
+            raise TsdfmError(
+                f"train.batch_size={cfg.batch_size} (the global batch) must be divisible by "
+                f"world size x grad_accum_steps = {self.dist.world_size} x {self.accum}; change "
+                "batch_size, grad_accum_steps or --nproc_per_node"
+            )
+        self.micro_batch = cfg.batch_size // self.streams
+        self.model, self.objective, self.cfg = model.to(self.device), objective, cfg
+        if hasattr(objective, "to"):  # frozen models inside the objective (a student's teacher)
+            objective.to(self.device)
+        self.out_dir, self.stage, self.on_eval = Path(out_dir), stage, on_eval
+        self.progress = progress and self.dist.is_main
         self.train = BatchStream(train_data, cfg.batch_size, cfg.seed)
         self.valid = valid_data
         self.ckpt = CheckpointManager(self.out_dir / "checkpoints", cfg.keep_checkpoints)
@@ -154,30 +190,111 @@ class Trainer:
         self.ema = AveragedModel(
             model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
         )
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        # One generator per shard this rank computes (see the module docstring).
+        first = self.dist.rank * self.accum
+        self.generators = [
+            make_generator(self._stream_seed(j), self.device)
+            for j in range(first, first + self.accum)
+        ]
+        self.generator = self.generators[0]
+        self.autocast_dtype = distributed.resolve_precision(cfg.precision, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if cfg.compile:
+            self.model.compile()  # in place: parameter names (checkpoints) stay unchanged
+        self.net: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Dropout masks must differ between ranks (they see different rows); the global
+            # RNG drives nothing else during training.
+            torch.manual_seed(derive_seed(cfg.seed, 2, self.dist.rank))
+            self.net = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                **_no_buffer_sync(),
+            )
         self.step = 0
         self.bad_steps = 0
         self.elapsed = 0.0
 
+    def _stream_seed(self, shard: int) -> int:
+        """Shard 0 keeps the run's seed (the one-process stream); others get derived seeds."""
+        return self.cfg.seed if shard == 0 else derive_seed(self.cfg.seed, 1, shard)
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """Everything to continue exactly. Collective under torchrun: every rank must call it
+        (the generator and RNG states of all shards and ranks are gathered)."""
+        rng = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+        gathered = distributed.all_gather_object(([g.get_state() for g in self.generators], rng))
+        generators = [state for gens, _ in gathered for state in gens]
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
-            "generator": self.generator.get_state(),
+            "generator": generators[0],
+            "generators": generators,  # one per shard, in shard order
+            "noise_device": self.device.type,
+            "rank_rng": [r for _, r in gathered],
+            "world_size": self.dist.world_size,
+            "grad_accum_steps": self.accum,
             "step": self.step,
             "bad_steps": self.bad_steps,
             "elapsed": self.elapsed,
         }
 
+    def _check_resumable(self, state: dict[str, Any]) -> list:
+        """The checkpoint's per-shard generator states, or a TsdfmError naming the fix."""
+        generators = state.get("generators") or [state["generator"]]
+        saved = len(generators)
+        if saved != self.streams:
+            world, accum = state.get("world_size", 1), state.get("grad_accum_steps", 1)
+            hint = (
+                f"e.g. this stage's train.grad_accum_steps={saved // self.dist.world_size} with "
+                f"{self.dist.world_size} process(es), "
+                if saved % self.dist.world_size == 0
+                else ""
+            )
+            raise TsdfmError(
+                f"the checkpoint in {self.ckpt.directory} was written with {saved} noise "
+                f"stream(s) (world size {world} x grad_accum_steps {accum}), this run has "
+                f"{self.streams} ({self.dist.world_size} x {self.accum}); an exact resume needs "
+                f"world size x grad_accum_steps = {saved}: {hint}or start a new run with another "
+                "--out"
+            )
+        saved_device = state.get("noise_device", "cpu")
+        if saved_device != self.device.type:
+            raise TsdfmError(
+                f"the checkpoint in {self.ckpt.directory} was written on {saved_device} and this "
+                f"run computes on {self.device.type}: random generator states do not carry over "
+                f"between device types; resume with this stage's train.device={saved_device}, or "
+                "start a new run with another --out"
+            )
+        return generators
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        generators = self._check_resumable(state)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
+        first = self.dist.rank * self.accum
+        for g, saved in zip(self.generators, generators[first : first + self.accum], strict=True):
+            g.set_state(saved)
+        # Global RNG (dropout only) per rank; with another world size there is no rank to map
+        # it to, and the runs then differ only in dropout masks.
+        rng = state.get("rank_rng")
+        if rng is not None and len(rng) == self.dist.world_size:
+            mine = rng[self.dist.rank]
+            torch.set_rng_state(mine["torch"])
+            if mine.get("cuda") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(mine["cuda"], self.device)
         self.step, self.bad_steps, self.elapsed = (
             state["step"],
             state["bad_steps"],
@@ -185,23 +302,113 @@ class Trainer:
         )
 
     def save_checkpoint(self) -> Path:
-        return self.ckpt.save(self.state_dict(), self.step)
+        """Rank 0 writes; every rank waits until the checkpoint is complete (collective)."""
+        state = self.state_dict()
+        path = self.ckpt.directory / f"step_{self.step:07d}.pt"
+        if self.dist.is_main:
+            path = self.ckpt.save(state, self.step)
+        distributed.barrier()
+        return path
+
+    # ------------------------------------------------------------------ batches and precision
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return x
+        return x.pin_memory().to(self.device, non_blocking=True)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _micro_batch(self, step: int, micro: int) -> torch.Tensor:
+        if self.streams == 1:
+            return self._to_device(self.train.batch(step))
+        lo = (self.dist.rank * self.accum + micro) * self.micro_batch
+        return self._to_device(self.train.shard(step, lo, lo + self.micro_batch))
+
+    def _forward_backward(self) -> tuple[float, dict[str, float], bool]:
+        """Gradients of this step summed over every shard; returns the loss and metrics (means
+        over all shards) and whether every shard's loss was finite.
+
+        Under DDP only the last micro-batch synchronises gradients (``no_sync`` before), and a
+        non-finite loss still runs backward so that every rank enters the same all-reduces; the
+        step is then skipped everywhere, since the finiteness flag is reduced too.
+        """
+        accum, ddp = self.accum, self.dist.enabled
+        self.opt.zero_grad(set_to_none=True)
+        loss_sum, metric_sums, finite = 0.0, {}, True
+        for micro in range(accum):
+            x1 = self._micro_batch(self.step, micro)
+            sync = not ddp or micro == accum - 1
+            with nullcontext() if sync else self.net.no_sync():
+                with self._autocast():
+                    loss, metrics = self.objective(self.net, x1, self.generators[micro])
+                ok = bool(torch.isfinite(loss))
+                if (ok or ddp) and loss.requires_grad:
+                    (loss / accum if accum > 1 else loss).backward()
+            finite = finite and ok
+            loss_sum += float(loss.detach())
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+        if ddp:
+            keys = list(metric_sums)
+            stats = torch.tensor(
+                [loss_sum, float(not finite), *metric_sums.values()], dtype=torch.float64
+            )
+            distributed.all_reduce_sum(stats)
+            loss_sum, finite = float(stats[0]), float(stats[1]) == 0.0
+            metric_sums = dict(zip(keys, stats[2:].tolist(), strict=True))
+        n = self.streams
+        return loss_sum / n, {k: v / n for k, v in metric_sums.items()}, finite
+
+    def _agree(self, *flags: bool) -> list[bool]:
+        """Each flag true on any rank is true on all (stop signals, time budget)."""
+        if not self.dist.enabled:
+            return list(flags)
+        votes = distributed.all_reduce_sum(torch.tensor([float(f) for f in flags]))
+        return [bool(v > 0) for v in votes.tolist()]
 
     # ------------------------------------------------------------------ eval
     @torch.no_grad()
     def validate(self, model: nn.Module | None = None) -> float:
-        """Mean objective over fixed validation batches with a fixed noise seed (comparable)."""
+        """Mean objective over fixed validation batches with a fixed noise seed (comparable).
+
+        One process, one shard: batches in order from one generator (the original stream).
+        Otherwise every validation batch is cut into the same S shards as training, each shard
+        with its own seed, and the ranks split the work; collective under torchrun.
+        """
         model = model if model is not None else self.ema.module
         was = model.training
         model.eval()
-        gen = torch.Generator().manual_seed(self.cfg.seed + 1_000_003)
+        base = self.cfg.seed + 1_000_003
         stream = BatchStream(self.valid, self.cfg.batch_size, 0)
         n_batches = min(
             self.cfg.eval_batches, max(1, math.ceil(len(self.valid) / self.cfg.batch_size))
         )
-        losses = [float(self.objective(model, stream.batch(i), gen)[0]) for i in range(n_batches)]
+        if self.streams == 1:
+            gen = make_generator(base, self.device)
+            losses = []
+            for i in range(n_batches):
+                with self._autocast():
+                    losses.append(
+                        float(self.objective(model, self._to_device(stream.batch(i)), gen)[0])
+                    )
+            result = float(np.mean(losses))
+        else:
+            total = 0.0
+            for i in range(n_batches):
+                for micro in range(self.accum):
+                    shard = self.dist.rank * self.accum + micro
+                    lo = shard * self.micro_batch
+                    x = self._to_device(stream.shard(i, lo, lo + self.micro_batch))
+                    gen = make_generator(derive_seed(base, i, shard), self.device)
+                    with self._autocast():
+                        total += float(self.objective(model, x, gen)[0])
+            summed = distributed.all_reduce_sum(torch.tensor([total], dtype=torch.float64))
+            result = float(summed[0]) / (n_batches * self.streams)
         model.train(was)
-        return float(np.mean(losses))
+        return result
 
     # ------------------------------------------------------------------ logs
     def _log(self, name: str, row: dict[str, Any]) -> None:
@@ -230,18 +437,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ fit
     def fit(self, resume: bool = False) -> FitResult:
-        cfg = self.cfg
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        """Train to ``cfg.steps``. Under torchrun every rank calls this; rank 0 alone writes
+        logs, progress and checkpoints, and all ranks return the same result."""
+        cfg, main = self.cfg, self.dist.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume and self.ckpt.has_checkpoint():
-            state, step = self.ckpt.load_latest()
+            state, step = self.ckpt.load_latest(cleanup=main, verbose=main)
             self.load_state_dict(state)
-            print(f"[{self.stage}] resumed from step {step} ({self.ckpt.directory})")
-            self._truncate_logs()
-        elif not resume:
+            if main:
+                print(f"[{self.stage}] resumed from step {step} ({self.ckpt.directory})")
+                self._truncate_logs()
+        elif not resume and main:
             for name in ("log.csv", "eval.csv"):
                 (self.out_dir / name).unlink(missing_ok=True)
-        tb = _tensorboard(self.out_dir) if cfg.tensorboard else None
-        self.model.train()
+        tb = _tensorboard(self.out_dir) if cfg.tensorboard and main else None
+        self.net.train()
         consecutive_bad, interrupted = 0, False
         tokens_per_step = cfg.batch_size * self.train.data[0].shape[-1]
         val_loss = None
@@ -256,13 +467,9 @@ class Trainer:
         with _StopFlag() as stop:
             while self.step < cfg.steps:
                 t0 = time.perf_counter()
-                x1 = self.train.batch(self.step)
-                loss, metrics = self.objective(self.model, x1, self.generator)
-                self.opt.zero_grad(set_to_none=True)
-                ok = bool(torch.isfinite(loss))
+                loss, metrics, ok = self._forward_backward()
                 grad_norm = float("nan")
                 if ok:
-                    loss.backward()
                     grad_norm = float(
                         torch.nn.utils.clip_grad_norm_(
                             self.model.parameters(),
@@ -278,9 +485,11 @@ class Trainer:
                     self.opt.zero_grad(set_to_none=True)
                     self.bad_steps += 1
                     consecutive_bad += 1
-                    print(
-                        f"[{self.stage}] step {self.step}: non-finite loss/gradient, step skipped"
-                    )
+                    if main:
+                        print(
+                            f"[{self.stage}] step {self.step}: non-finite loss/gradient, step "
+                            "skipped"
+                        )
                     if consecutive_bad >= cfg.max_bad_steps:
                         raise TsdfmError(
                             f"{consecutive_bad} consecutive non-finite steps at step {self.step}: "
@@ -291,13 +500,13 @@ class Trainer:
                 self.step += 1
                 self.elapsed += time.perf_counter() - t0
                 tokens_window += tokens_per_step
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                     now = time.perf_counter()
                     tps = tokens_window / max(now - t_window, 1e-9)
                     t_window, tokens_window = now, 0
                     row = {
                         "step": self.step,
-                        "loss": round(loss.item(), 6),
+                        "loss": round(loss, 6),
                         "lr": self.sched.get_last_lr()[0],
                         "grad_norm": round(grad_norm, 4),
                         "tokens_per_s": round(tps, 1),
@@ -309,16 +518,18 @@ class Trainer:
                         for k, v in row.items():
                             if k != "step":
                                 tb.add_scalar(f"train/{k}", v, self.step)
-                    bar.set_postfix(loss=f"{loss.item():.4f}", tok_s=f"{tps:,.0f}", refresh=False)
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     val_loss = self.validate()
-                    extra = self.on_eval(self.ema.module, self.step) if self.on_eval else {}
-                    self._log(
-                        "eval.csv", {"step": self.step, "val_loss": round(val_loss, 6), **extra}
-                    )
-                    if tb is not None:
-                        tb.add_scalar("valid/loss", val_loss, self.step)
-                    bar.write(f"[{self.stage}] step {self.step}: val_loss {val_loss:.4f}")
+                    if main:
+                        with self._autocast():
+                            extra = self.on_eval(self.ema.module, self.step) if self.on_eval else {}
+                        self._log(
+                            "eval.csv", {"step": self.step, "val_loss": round(val_loss, 6), **extra}
+                        )
+                        if tb is not None:
+                            tb.add_scalar("valid/loss", val_loss, self.step)
+                        bar.write(f"[{self.stage}] step {self.step}: val_loss {val_loss:.4f}")
                 bar.update(1)
                 # Not inside a run of non-finite steps: if it ends in a stop, the newest
                 # checkpoint must be the last good one, not a copy of the trouble.
@@ -326,22 +537,27 @@ class Trainer:
                 if due and consecutive_bad == 0:
                     self.save_checkpoint()
                 over_budget = cfg.max_minutes > 0 and self.elapsed > 60 * cfg.max_minutes
+                over_budget, stopped = self._agree(over_budget, stop.signum is not None)
                 if over_budget and self.step < cfg.steps:
                     val_loss = self.validate()
-                    self._log("eval.csv", {"step": self.step, "val_loss": round(val_loss, 6)})
+                    if main:
+                        self._log("eval.csv", {"step": self.step, "val_loss": round(val_loss, 6)})
                     self.save_checkpoint()
-                    bar.write(
-                        f"[{self.stage}] time budget of {cfg.max_minutes} min reached at step "
-                        f"{self.step}/{cfg.steps}; finishing early (val_loss {val_loss:.4f})"
-                    )
+                    if main:
+                        bar.write(
+                            f"[{self.stage}] time budget of {cfg.max_minutes} min reached at step "
+                            f"{self.step}/{cfg.steps}; finishing early (val_loss {val_loss:.4f})"
+                        )
                     break
-                if stop.signum is not None and self.step < cfg.steps:
+                if stopped and self.step < cfg.steps:
                     self.save_checkpoint()
                     interrupted = True
-                    bar.write(
-                        f"[{self.stage}] stopped by signal {stop.signum} at step {self.step}; "
-                        "checkpoint saved. Re-run the same command with --resume to continue."
-                    )
+                    if main:
+                        by = f"signal {stop.signum}" if stop.signum is not None else "a signal"
+                        bar.write(
+                            f"[{self.stage}] stopped by {by} at step {self.step}; "
+                            "checkpoint saved. Re-run the same command with --resume to continue."
+                        )
                     break
         bar.close()
         if tb is not None:
@@ -355,9 +571,11 @@ class Trainer:
             val_losses = {"ema": ema_loss, "raw": raw_loss}
             if cfg.ship == "raw" or raw_loss < ema_loss:
                 shipped, val_loss = "raw", raw_loss
-            print(
-                f"[{self.stage}] validation: EMA {ema_loss:.4f}, raw {raw_loss:.4f} -> shipping {shipped}"
-            )
+            if main:
+                print(
+                    f"[{self.stage}] validation: EMA {ema_loss:.4f}, raw {raw_loss:.4f} -> "
+                    f"shipping {shipped}"
+                )
         return FitResult(
             model=self.ema.module if shipped == "ema" else self.model,
             raw_model=self.model,
@@ -370,6 +588,18 @@ class Trainer:
             shipped=shipped,
             val_losses=val_losses,
         )
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP keyword that skips re-broadcasting buffers before every forward: the only buffers
+    are constant rotary tables. Newer torch renamed ``broadcast_buffers``."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return {key: False}
 
 
 def _tensorboard(out_dir: Path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tsdfm.flow import cross_entropy, generalized_kl, make_scheduler, sample_path, sample_time
@@ -54,10 +55,32 @@ class DenoisingObjective:
 
 
 class NextTokenObjective:
-    """Causal LM loss: next-token cross-entropy (first token predicted from BOS)."""
+    """Causal LM loss: next-token cross-entropy (first token predicted from BOS).
+
+    The same numbers as ``CausalLM.token_nll``, but the forward pass goes through ``model(...)``
+    itself: under DDP ``model`` is the wrapper, and only its ``forward`` arms the gradient
+    all-reduce (calling a method of the inner module would bypass it).
+    """
 
     def __call__(self, model, x1, generator):
-        return model.token_nll(x1).mean(), {}
+        inner = unwrap(model)
+        logits = model(inner.with_bos(x1)[:, :-1])
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), x1.reshape(-1), reduction="none"
+        )
+        return nll.view(x1.shape).mean(), {}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP (``.module``) or ``torch.compile`` (``._orig_mod``) wrapper."""
+    while True:
+        for attr in ("module", "_orig_mod"):
+            inner = getattr(model, attr, None)
+            if isinstance(inner, nn.Module):
+                model = inner
+                break
+        else:
+            return model
 
 
 class ShortcutObjective:
@@ -101,12 +124,21 @@ class ShortcutObjective:
         self.stats_every, self._train_calls = max(1, int(stats_every)), 0
         self.target_model: nn.Module | None = None
 
+    def to(self, device: torch.device) -> ShortcutObjective:
+        """Move the frozen models the targets need (teacher, compass) to the training device."""
+        self.teacher.to(device)
+        compass = getattr(self.navigator, "compass", None)
+        for value in vars(compass).values() if compass is not None else ():
+            if isinstance(value, nn.Module):
+                value.to(device)
+        return self
+
     def targets(self, x_t, t, dt, generator):
         from tsdfm.shaping import shortcut_target
 
         n = self.cfg.teacher_steps
         anchor = dt <= (1.0 / n) * 1.0001
-        target = torch.empty(*x_t.shape, self.num_classes)
+        target = torch.empty(*x_t.shape, self.num_classes, device=x_t.device)
         with torch.no_grad():
             if anchor.any():
                 a = anchor.nonzero().squeeze(1)

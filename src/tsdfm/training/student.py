@@ -7,14 +7,16 @@ from pathlib import Path
 
 import torch
 
+from tsdfm import distributed
 from tsdfm.artifacts import atomic_write_json, now_iso
 from tsdfm.config import ExperimentConfig, save_config
 from tsdfm.data import load_prepared
+from tsdfm.distributed import make_generator
 from tsdfm.errors import TsdfmError
 from tsdfm.models import Denoiser, build_student, count_parameters, load_pretrained
 from tsdfm.training.loop import Trainer
 from tsdfm.training.objectives import ShortcutObjective
-from tsdfm.training.teacher import prepare_run_dir
+from tsdfm.training.teacher import prepare_run_dir, world_note
 
 
 def load_teacher(teacher_dir: Path, data) -> Denoiser:
@@ -51,13 +53,14 @@ def quick_eval(data, steps: int = 8, num: int = 64, seed: int = 99):
         from tsdfm.flow import make_scheduler, sample, sample_source
 
         c = model.config
-        g = torch.Generator().manual_seed(seed)
+        device = next(model.parameters()).device  # a GPU run samples on its GPU
+        g = make_generator(seed, device)
         was = model.training
         model.eval()
-        x0 = sample_source((num, data.seq_len), c.source, c.mask_id, c.num_classes, g)
+        x0 = sample_source((num, data.seq_len), c.source, c.mask_id, c.num_classes, g, device)
         ids = sample(
             model, x0, steps, make_scheduler(c.scheduler, c.exponent), c.source, c.mask_id, g
-        ).ids
+        ).ids.cpu()
         model.train(was)
         if chain is None:
             from tsdfm.evaluation import unigram_entropy
@@ -115,10 +118,11 @@ def train_student(
     extra: dict | None = None,
 ) -> Path:
     data_dir, out_dir, teacher_dir = Path(data_dir), Path(out_dir), Path(teacher_dir)
+    scfg = cfg.student.train
+    ctx = distributed.setup(scfg.device)
     data = load_prepared(data_dir, verify=True)
     teacher = load_teacher(teacher_dir, data)
     prepare_run_dir(out_dir, resume)
-    scfg = cfg.student.train
     if scfg.num_threads:
         torch.set_num_threads(scfg.num_threads)
     torch.manual_seed(scfg.seed)
@@ -134,20 +138,23 @@ def train_student(
             **(extra or {}),
         }
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
     objective = ShortcutObjective(
         teacher,
         cfg.student,
         student.config.mask_id,
         student.config.num_classes,
         jump_fn,
-        stats_every=scfg.log_every,
+        stats_every=scfg.log_every * scfg.grad_accum_steps,  # calls per logged interval
     )
-    print(
-        f"[student:{method}] {count_parameters(student) / 1e6:.2f}M parameters from {teacher_dir}; "
-        f"target={cfg.student.target}/{cfg.student.target_space}, dt weights={cfg.student.dt_weights}"
-    )
+    if ctx.is_main:
+        print(
+            f"[student:{method}] {count_parameters(student) / 1e6:.2f}M parameters from "
+            f"{teacher_dir}; target={cfg.student.target}/{cfg.student.target_space}, dt weights="
+            f"{cfg.student.dt_weights}" + world_note(ctx)
+        )
     trainer = Trainer(
         student,
         objective,
@@ -163,7 +170,11 @@ def train_student(
     result = trainer.fit(resume=resume)
     if result.interrupted:
         raise SystemExit(130)
-    model_dir = result.model.save_pretrained(out_dir / "model", tokenizer=data.tokenizer)
+    model_dir = out_dir / "model"
+    if not ctx.is_main:
+        distributed.barrier()  # rank 0 writes the model and summary
+        return model_dir
+    model_dir = result.model.save_pretrained(model_dir, tokenizer=data.tokenizer)
     atomic_write_json(
         out_dir / "summary.json",
         {
@@ -181,7 +192,9 @@ def train_student(
             "val_losses": result.val_losses,
             "student": asdict(cfg.student),
             "shaping": extra or None,
+            **({"world_size": ctx.world_size} if ctx.enabled else {}),
         },
     )
     print(f"[student:{method}] done in {result.seconds:.0f}s -> {model_dir}")
+    distributed.barrier()
     return model_dir

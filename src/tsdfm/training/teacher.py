@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from tsdfm import distributed
 from tsdfm.artifacts import ensure_writable
 from tsdfm.config import ExperimentConfig, save_config
 from tsdfm.data import load_prepared
@@ -64,17 +65,19 @@ def train_teacher(
     progress: bool = True,
 ) -> Path:
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    tcfg = cfg.teacher.train
+    ctx = distributed.setup(tcfg.device)
     data = load_prepared(data_dir, verify=True)
     prepare_run_dir(out_dir, resume)
-    tcfg = cfg.teacher.train
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     torch.manual_seed(tcfg.seed)
     mcfg = teacher_model_config(cfg, data.tokenizer, data.seq_len)
     model = Denoiser(mcfg)
     prepare_run_dir(out_dir, resume, model)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir / "config.yaml")
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
     objective = DenoisingObjective(
         cfg.flow.source,
         cfg.flow.scheduler,
@@ -84,10 +87,12 @@ def train_teacher(
         tcfg.loss,
     )
     n_params = count_parameters(model)
-    print(
-        f"[teacher] {n_params / 1e6:.2f}M parameters, source={cfg.flow.source}, "
-        f"time_cond={mcfg.time_cond}, L={data.seq_len}, {len(data.split('train'))} training blocks"
-    )
+    if ctx.is_main:
+        print(
+            f"[teacher] {n_params / 1e6:.2f}M parameters, source={cfg.flow.source}, "
+            f"time_cond={mcfg.time_cond}, L={data.seq_len}, {len(data.split('train'))} training "
+            "blocks" + world_note(ctx)
+        )
     trainer = Trainer(
         model,
         objective,
@@ -101,9 +106,19 @@ def train_teacher(
     result = trainer.fit(resume=resume)
     if result.interrupted:
         raise SystemExit(130)
-    model_dir = result.model.save_pretrained(out_dir / "model", tokenizer=data.tokenizer)
-    write_summary(out_dir, "teacher", result, n_params, data_dir, mcfg)
-    print(
-        f"[teacher] done: val_loss {result.final_val_loss:.4f} in {result.seconds:.0f}s -> {model_dir}"
-    )
+    model_dir = out_dir / "model"
+    if ctx.is_main:
+        model_dir = result.model.save_pretrained(model_dir, tokenizer=data.tokenizer)
+        extra = {"world_size": ctx.world_size} if ctx.enabled else {}
+        write_summary(out_dir, "teacher", result, n_params, data_dir, mcfg, **extra)
+        print(
+            f"[teacher] done: val_loss {result.final_val_loss:.4f} in {result.seconds:.0f}s -> "
+            f"{model_dir}"
+        )
+    distributed.barrier()  # the other ranks return once the model is on disk
     return model_dir
+
+
+def world_note(ctx) -> str:
+    """`` on N processes (device)`` under torchrun; nothing in one process (logs unchanged)."""
+    return f" on {ctx.world_size} processes ({ctx.device.type})" if ctx.enabled else ""
