@@ -11,6 +11,10 @@ Usage (the exact benchmark)::
         --arm "oracle-k4=student.shaping.compass=oracle;student.shaping.candidates=4" \\
         --seeds 0 1 2 --out docs/results/markov-shaping
 
+    # several workers on disjoint arms/seeds (--no-eval), then one evaluation of everything
+    python scripts/student_study.py --config configs/markov.yaml --run-dir runs/markov \\
+        --out docs/results/markov-shaping --eval-only
+
 Each arm and seed is trained into ``<run-dir>/student-<arm>-s<seed>`` (skipped when complete,
 resumed when interrupted); ``--spaces X`` is shorthand for ``--arm X=student.target_space=X``.
 An arm whose overrides mention ``student.shaping`` is navigated (also with K = 1). The teacher is sampled at ``--teacher-steps`` and every
@@ -50,6 +54,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--sample-seed", type=int, default=4321)
     ap.add_argument("--evaluators", nargs="*", default=None)
+    ap.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="no training or sampling: evaluate every samples file under OUT/samples",
+    )
     ap.add_argument("--baseline", default="blind", help="arm the excess-TV ratios compare to")
     ap.add_argument("--out", required=True)
     ap.add_argument(
@@ -76,6 +85,12 @@ def main() -> None:
                 return
         files.append(write_samples(path, draw_samples(model_dir, steps=steps, **kw)))
 
+    if args.eval_only:  # arms trained with different seed sets: evaluate what is there
+        files = sorted(
+            (out / "samples").glob("*.jsonl"),
+            key=lambda p: (not p.name.startswith("teacher"), p.name),
+        )
+        args.teacher_steps, args.spaces, args.arm = [], [], []
     for steps in args.teacher_steps:
         sample_once(teacher, steps, out / "samples" / f"teacher_{steps}.jsonl")
     arms = [(sp, [f"student.target_space={sp}"]) for sp in args.spaces]
