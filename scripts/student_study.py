@@ -86,10 +86,7 @@ def main() -> None:
         files.append(write_samples(path, draw_samples(model_dir, steps=steps, **kw)))
 
     if args.eval_only:  # arms trained with different seed sets: evaluate what is there
-        files = sorted(
-            (out / "samples").glob("*.jsonl"),
-            key=lambda p: (not p.name.startswith("teacher"), p.name),
-        )
+        files = sorted((out / "samples").glob("*.jsonl"), key=_row_order)
         args.teacher_steps, args.spaces, args.arm = [], [], []
     for steps in args.teacher_steps:
         sample_once(teacher, steps, out / "samples" / f"teacher_{steps}.jsonl")
@@ -139,6 +136,12 @@ def main() -> None:
     )
     (out / "study.md").write_text(summarise(results, args.baseline), encoding="utf-8")
     print((out / "study.md").read_text())
+
+
+def _row_order(path: Path) -> tuple:
+    """Teacher first, then arms by name; within one, the most steps first."""
+    name, _, steps = path.stem.rpartition("_")
+    return (not name.startswith("teacher"), name, -int(steps) if steps.isdigit() else 0)
 
 
 def summarise(results: dict, baseline: str | None = "blind") -> str:
