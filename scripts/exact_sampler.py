@@ -1,0 +1,92 @@
+"""Samples from the EXACT denoiser of the markov chain with the finite-step sampler.
+
+What a perfect teacher scores at S steps (and what a student trained on the marginal-exact
+probability-mixture target converges to): the row that separates the sampler's own error from
+the model's. See ``tsdfm.models.oracle``. Usage::
+
+    python scripts/exact_sampler.py --data runs/markov/data --steps 1024 8 4 2 1 \\
+        --num 2048 --seed 4321 --out docs/results/markov-shaping/samples
+
+Writes ``exact_<steps>.jsonl`` (+ ``.meta.json``, method ``exact``) beside the other rows, so
+``scripts/student_study.py --eval-only`` evaluates them with everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from tsdfm import __version__
+from tsdfm.artifacts import now_iso
+from tsdfm.data import load_prepared
+from tsdfm.errors import TsdfmError
+from tsdfm.flow import make_scheduler, sample, sample_source
+from tsdfm.generation import SampleSet, write_samples
+from tsdfm.models.oracle import MarkovOracleDenoiser
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="prepared markov data dir")
+    ap.add_argument("--steps", type=int, nargs="+", default=[1024, 8, 4, 2, 1])
+    ap.add_argument("--num", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--seed", type=int, default=4321)
+    ap.add_argument("--out", required=True, help="folder for exact_<steps>.jsonl")
+    args = ap.parse_args()
+
+    data = load_prepared(Path(args.data))
+    chain = data.chain()
+    if chain is None:
+        raise SystemExit(
+            f"error: {args.data} is not a markov corpus (the exact denoiser needs one)"
+        )
+    L, tok = data.seq_len, data.tokenizer
+    try:
+        oracle = MarkovOracleDenoiser(chain, L)
+    except TsdfmError as e:
+        raise SystemExit(f"error: {e}") from e
+    sched = make_scheduler("polynomial", 1.0)
+    for steps in args.steps:
+        gen = torch.Generator().manual_seed(args.seed)
+        chunks, t0, nfe = [], time.perf_counter(), 0
+        for start in range(0, args.num, args.batch_size):
+            b = min(args.batch_size, args.num - start)
+            x0 = sample_source((b, L), "mask", oracle.mask_id, oracle.mask_id, gen)
+            res = sample(oracle, x0, steps, sched, "mask", oracle.mask_id, gen, cache=True)
+            chunks.append(res.ids)
+            nfe = max(nfe, res.nfe_actual)
+        ids = torch.cat(chunks)
+        meta = {
+            "model": f"exact denoiser of the markov chain ({args.data})",
+            "model_type": "oracle",
+            "method": "exact",
+            "label": "exact denoiser",
+            "source": "mask",
+            "steps": steps,
+            "num_samples": args.num,
+            "seq_len": L,
+            "seed": args.seed,
+            "sampler": {
+                "kind": "dfm-exact-jump",
+                "forward_cache": True,
+                "draw_precision": "float64",
+            },
+            "tokenizer_fingerprint": tok.fingerprint(),
+            "nfe_nominal": steps,
+            "nfe_actual": nfe,
+            "seconds": round(time.perf_counter() - t0, 4),
+            "created": now_iso(),
+            "tsdfm_version": __version__,
+        }
+        path = write_samples(
+            Path(args.out) / f"exact_{steps}.jsonl", SampleSet(ids, tok.decode_batch(ids), meta)
+        )
+        print(f"exact denoiser @ {steps} steps -> {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The exact mask-source denoiser of an order-1 Markov chain: the best any teacher can be.
+
+For the ``markov`` benchmark the true posterior of a masked position given the visible tokens
+is computable. With the nearest visible token ``u`` at position ``a < i`` and ``w`` at ``b > i``,
+
+    p(x_i = v | visible) ∝ (P^(i-a))[u, v] * (P^(b-i))[v, w],
+
+where ``P`` is the transition matrix; a side without a visible token contributes the stationary
+distribution ``pi`` (left) or 1 (right). The chain is Markov, so tokens beyond the nearest
+visible neighbours carry no further information. This is exactly the per-position marginal a
+perfectly trained mask-source denoiser outputs (it ignores t, like the teacher).
+
+Sampling it with the finite-step sampler isolates the *sampler's* error from the model's: the
+S-step score of this oracle is what a perfect teacher would reach at S steps, and what a
+student trained on the marginal-exact (probability-mixture) target converges to. A few-step
+sampler that beats it must deviate from the true marginals on purpose (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tsdfm.data.markov import MarkovChain
+from tsdfm.errors import TsdfmError
+
+
+class MarkovOracleDenoiser(nn.Module):
+    """``forward(x [B, L], t, dt) -> logits [B, L, V]`` (log of the exact posterior)."""
+
+    def __init__(self, chain: MarkovChain, max_len: int):
+        super().__init__()
+        if chain.order != 1:
+            raise TsdfmError(
+                f"the exact denoiser is implemented for order-1 chains; this one has order "
+                f"{chain.order}"
+            )
+        V = chain.vocab_size
+        self.vocab_size, self.mask_id, self.max_len = V, V, max_len
+        P = chain.transition.astype(np.float64)
+        powers = np.empty((max_len + 1, V, V))
+        powers[0] = np.eye(V)
+        for d in range(1, max_len + 1):
+            powers[d] = powers[d - 1] @ P
+        self.register_buffer("powers", torch.from_numpy(powers), persistent=False)
+        self.register_buffer(
+            "stationary", torch.from_numpy(chain.stationary.astype(np.float64)), persistent=False
+        )
+
+    def forward(self, x: Tensor, t: Tensor | None = None, dt: Tensor | None = None) -> Tensor:
+        B, L = x.shape
+        if L > self.max_len:
+            raise TsdfmError(f"sequence length {L} exceeds the oracle's max_len {self.max_len}")
+        visible = x != self.mask_id
+        pos = torch.arange(L, device=x.device).expand(B, L)
+        # nearest visible position at or left of i (-1: none) and at or right of i (L: none)
+        left = torch.where(visible, pos, torch.full_like(pos, -1)).cummax(dim=1).values
+        right_rev = torch.where(visible, L - 1 - pos, torch.full_like(pos, -1))
+        right = L - 1 - right_rev.flip(1).cummax(dim=1).values.flip(1)
+        tok = x.clamp(max=self.vocab_size - 1)
+
+        has_left = left >= 0
+        u = tok.gather(1, left.clamp(min=0))
+        d_left = (pos - left).clamp(min=0, max=self.max_len)
+        left_term = self.powers[d_left, u]  # [B, L, V]: P^(i-a)[u, :]
+        left_term = torch.where(has_left[..., None], left_term, self.stationary.expand(B, L, -1))
+
+        has_right = right <= L - 1
+        w = tok.gather(1, right.clamp(max=L - 1))
+        d_right = (right - pos).clamp(min=0, max=self.max_len)
+        right_term = self.powers[d_right, :, w]  # [B, L, V]: P^(b-i)[:, w]
+        right_term = torch.where(has_right[..., None], right_term, torch.ones_like(right_term))
+
+        post = left_term * right_term
+        post = post / post.sum(-1, keepdim=True)
+        # visible positions: a point mass on their token (the sampler never moves them anyway)
+        point = torch.nn.functional.one_hot(tok, self.vocab_size).to(post.dtype)
+        post = torch.where(visible[..., None], point, post)
+        return post.clamp_min(1e-300).log().to(torch.float32)
+
+
+__all__ = ["MarkovOracleDenoiser"]
