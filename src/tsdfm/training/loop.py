@@ -556,7 +556,8 @@ class Trainer:
                         by = f"signal {stop.signum}" if stop.signum is not None else "a signal"
                         bar.write(
                             f"[{self.stage}] stopped by {by} at step {self.step}; "
-                            "checkpoint saved. Re-run the same command with --resume to continue."
+                            "checkpoint saved. To continue, re-run the same command (`tsdfm "
+                            "train ...` with --resume; `tsdfm pipeline` resumes by itself)."
                         )
                     break
         bar.close()
