@@ -38,6 +38,9 @@ def test_unknown_key_did_you_mean():
         ("teacher.model.dim=30", "divisible"),
         ("sample.top_p=1.5", "top_p"),
         ("teacher.train.steps=1.5", "integer"),
+        ("evaluation.evaluators=[gpt2]", "evaluators must be distinct names"),
+        ("evaluation.evaluators=[ar-small, ar-small]", "evaluators must be distinct names"),
+        ("evaluation.evaluators=[]", "evaluators is empty"),
     ],
 )
 def test_bad_values(override, message):

@@ -37,6 +37,9 @@ def test_pipeline_runs_every_stage_then_skips(tmp_path, capsys):
         "samples",
         "report",
     ]
+    text = load_config(None, ["evaluation.evaluators=[ar-large, smollm2-135m]"])
+    assert "evaluator-large" in describe_stages(text)
+    assert "evaluator-small" not in describe_stages(text)  # only the evaluators asked for train
     run_pipeline(cfg, tmp_path, progress=False)
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     methods = [(r["method"], r["steps"]) for r in results["rows"]]

@@ -110,7 +110,7 @@ def run_pipeline(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) ->
     is_markov = data.chain() is not None
     roles = ["compass"] if cfg.student.shaping.compass == "ar" else []
     if not is_markov:
-        roles += ["evaluator-small", "evaluator-large"]
+        roles += _evaluator_stages(cfg)
     if cfg.evaluation.ar_baseline:
         roles.append("ar")
     for role in roles:
@@ -197,6 +197,10 @@ def evaluate_run(cfg: ExperimentConfig, run: Path, files: list[Path]) -> dict:
         except (TsdfmError, ImportError) as e:  # offline or no eval extra: report without it
             print(f"   warning: SmolLM2 evaluator unavailable ({e}); continuing without it")
     specs = default_specs(run / "data", is_markov)
+    if not is_markov:  # only the evaluators the config asks for (a run dir may hold more)
+        specs = [s for s in specs if s.split("=", 1)[0] in wanted]
+        if not specs:
+            raise TsdfmError(f"none of the evaluators {wanted} is available in {run}")
     evaluators = build_evaluators(specs, data)
     results = evaluate(
         files,
@@ -211,13 +215,20 @@ def evaluate_run(cfg: ExperimentConfig, run: Path, files: list[Path]) -> dict:
     return results
 
 
+def _evaluator_stages(cfg: ExperimentConfig) -> list[str]:
+    """The evaluator models the pipeline trains: those of ``evaluation.evaluators`` it owns."""
+    from tsdfm.evaluation.registry import RUN_LAYOUT
+
+    return [stage for name, stage in RUN_LAYOUT.items() if name in cfg.evaluation.evaluators]
+
+
 def describe_stages(cfg: ExperimentConfig) -> list[str]:
     """Names of the stages a config runs (for docs and dry runs)."""
     names = ["data", "teacher"]
     if cfg.student.shaping.compass == "ar":
         names.append("compass")
     if cfg.data.corpus != "markov":
-        names += ["evaluator-small", "evaluator-large"]
+        names += _evaluator_stages(cfg)
     if cfg.evaluation.ar_baseline:
         names.append("ar")
     names.append("student-blind")
