@@ -59,3 +59,10 @@ def test_pipeline_runs_every_stage_then_skips(tmp_path, capsys):
         assert f"== {stage}: complete, skipping" in out
     assert "sampling" not in out  # samples with the same provenance are reused
     assert "timing the uncached" not in out  # measured once, kept in the samples metadata
+    assert "== evaluation: complete, skipping" in out  # same samples, same evaluators
+    assert "| teacher_8 |" in out  # the table is still printed
+    # a changed samples file is a new input: the report is rebuilt
+    sample = tmp_path / "samples" / "teacher_8.jsonl"
+    sample.write_text(sample.read_text() + "\n")
+    run_pipeline(cfg, tmp_path, progress=False)
+    assert "== evaluation\n" in capsys.readouterr().out

@@ -158,12 +158,46 @@ def run_pipeline(cfg: ExperimentConfig, run_dir: Path, progress: bool = True) ->
 
     print("== samples")
     files = _sample_rows(cfg, run, students, progress)
-    print("== evaluation")
-    results = evaluate_run(cfg, run, files)
+    results = _evaluation_stage(cfg, run, files)
     _show_samples(files)
     print(
         f"== pipeline finished in {time.perf_counter() - t_start:.0f}s; report: {run / 'report' / 'report.md'}"
     )
+    return results
+
+
+def _evaluation_inputs(cfg: ExperimentConfig, run: Path, files: list[Path]) -> dict:
+    """What the report depends on: the samples (content hashes), the evaluators asked for and
+    the evaluator models' training stamps. The same inputs give the same report."""
+    import hashlib
+
+    stamps = {}
+    for stage in ("evaluator-small", "evaluator-large"):
+        summary = run / stage / "summary.json"
+        if summary.is_file():
+            stamps[stage] = read_json(summary, "stage summary").get("finished")
+    return {
+        "samples": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
+        "evaluators": sorted(cfg.evaluation.evaluators),
+        "evaluator_models": stamps,
+    }
+
+
+def _evaluation_stage(cfg: ExperimentConfig, run: Path, files: list[Path]) -> dict:
+    """Evaluate and write the report, unless a complete report of the same inputs exists."""
+    from tsdfm.evaluation.report import markdown_table
+
+    summary, results_path = run / "report" / "summary.json", run / "report" / "results.json"
+    inputs = _evaluation_inputs(cfg, run, files)
+    if stage_complete(run / "report") and results_path.is_file():
+        if read_json(summary, "stage summary").get("inputs") == inputs:
+            print(f"== evaluation: complete, skipping ({run / 'report'})")
+            results = read_json(results_path, "results")
+            print(markdown_table(results))
+            return results
+    print("== evaluation")
+    results = evaluate_run(cfg, run, files)
+    atomic_write_json(summary, {"stage": "evaluation", "complete": True, "inputs": inputs})
     return results
 
 
