@@ -150,32 +150,43 @@ def summarise(results: dict, baseline: str | None = "blind") -> str:
     for r in results["rows"]:
         label = (r.get("arm") or r["method"]).split(" s")[0]
         groups.setdefault((label, r.get("steps")), []).append(r)
-    keys = ["truth_nll", "entropy"] if "truth_nll" in results["rows"][0] else ["entropy"]
+    columns = _summary_columns(results)
     lines = [
-        "| arm | steps | seeds | " + " | ".join(keys) + " | 2-gram TV | 3-gram TV |",
-        "|---" * (5 + len(keys)) + "|",
+        "| arm | steps | seeds | " + " | ".join(h for h, _ in columns) + " |",
+        "|---" * (3 + len(columns)) + "|",
     ]
     for (label, steps), rows in groups.items():
-        cells = [label, str(steps), str(len(rows))]
-        for k in keys + ["tv2", "tv3"]:
-            if k.startswith("tv"):
-                vals = [r.get("ngram_tv", {}).get(k[2]) for r in rows]
-            else:
-                vals = [r.get(k) for r in rows]
-            vals = [v for v in vals if v is not None]
+        cells = [label, "–" if steps is None else str(steps), str(len(rows))]
+        for _, get in columns:
+            vals = [v for v in (get(r) for r in rows) if v is not None]
             if not vals:
                 cells.append("–")
                 continue
-            m = float(np.mean(vals))
-            cells.append(
-                f"{m:.4f}" + (f" ({min(vals):.4f}..{max(vals):.4f})" if len(vals) > 1 else "")
-            )
+            m, digits = float(np.mean(vals)), (4 if abs(np.mean(vals)) < 100 else 1)
+            spread = f" ({min(vals):.{digits}f}..{max(vals):.{digits}f})" if len(vals) > 1 else ""
+            cells.append(f"{m:.{digits}f}{spread}")
         lines.append("| " + " | ".join(cells) + " |")
     floor = next((r for r in results["rows"] if r["method"] == "data"), None)
     if floor is not None and "ngram_tv" in floor:
         lines.append(f"\nFloor (true chain samples, same N): TV {json.dumps(floor['ngram_tv'])}")
         lines += excess_tv_table(groups, floor, baseline)
     return "\n".join(lines) + "\n"
+
+
+def _summary_columns(results: dict) -> list[tuple[str, object]]:
+    """Truth metrics and n-gram TV on markov; gen-PPL per evaluator on text; entropy always."""
+    if "truth_nll" in results["rows"][0]:
+        return [
+            ("truth_nll", lambda r: r.get("truth_nll")),
+            ("entropy", lambda r: r.get("entropy")),
+            ("2-gram TV", lambda r: r.get("ngram_tv", {}).get("2")),
+            ("3-gram TV", lambda r: r.get("ngram_tv", {}).get("3")),
+        ]
+    cols = [
+        (f"gen-PPL {name}", lambda r, name=name: r.get("gen_ppl", {}).get(name))
+        for name in results.get("evaluators", [])
+    ]
+    return cols + [("entropy", lambda r: r.get("entropy"))]
 
 
 def excess_tv_table(groups: dict, floor: dict, baseline: str | None) -> list[str]:
