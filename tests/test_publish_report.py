@@ -1,19 +1,9 @@
 """scripts/publish_report.py: a run's report copied for committing keeps valid sample paths."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "publish_report.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("publish_report", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fake_run(run: Path) -> None:
@@ -30,10 +20,10 @@ def _fake_run(run: Path) -> None:
     (run / "report" / "results.json").write_text(json.dumps({"rows": rows}))
 
 
-def test_publish_copies_report_samples_and_rewrites_paths(tmp_path):
+def test_publish_copies_report_samples_and_rewrites_paths(tmp_path, load_script):
     _fake_run(tmp_path / "run")
     dest = tmp_path / "docs" / "demo"
-    copied = _load().publish(tmp_path / "run", dest)
+    copied = load_script("publish_report").publish(tmp_path / "run", dest)
     assert sorted(p.name for p in copied) == ["teacher_8.jsonl", "teacher_8.meta.json"]
     results = json.loads((dest / "results.json").read_text())
     row = results["rows"][1]
@@ -42,6 +32,6 @@ def test_publish_copies_report_samples_and_rewrites_paths(tmp_path):
     assert (dest / "plots" / "frontier.png").is_file() and (dest / "report.md").is_file()
 
 
-def test_publish_refuses_a_run_without_report(tmp_path):
+def test_publish_refuses_a_run_without_report(tmp_path, load_script):
     with pytest.raises(SystemExit, match="run the pipeline to its report first"):
-        _load().publish(tmp_path, tmp_path / "out")
+        load_script("publish_report").publish(tmp_path, tmp_path / "out")

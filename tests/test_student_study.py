@@ -1,23 +1,11 @@
 """scripts/student_study.py's summary: mean and spread over seeds, the right columns per corpus."""
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "student_study.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("student_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def _row(arm, steps, ppl, entropy):
     return {"method": "blind", "arm": arm, "steps": steps, "gen_ppl": ppl, "entropy": entropy}
 
 
-def test_text_summary_has_gen_ppl_per_evaluator_with_seed_spread():
+def test_text_summary_has_gen_ppl_per_evaluator_with_seed_spread(load_script):
     results = {
         "evaluators": ["ar-small", "smollm2-135m"],
         "rows": [
@@ -26,7 +14,7 @@ def test_text_summary_has_gen_ppl_per_evaluator_with_seed_spread():
             _row("blind s1", 8, {"ar-small": 300.0, "smollm2-135m": 40.0}, 4.5),
         ],
     }
-    table = _load().summarise(results, baseline=None)
+    table = load_script("student_study").summarise(results, baseline=None)
     header, _, data_row, blind_row = table.strip().splitlines()
     assert header == "| arm | steps | seeds | gen-PPL ar-small | gen-PPL smollm2-135m | entropy |"
     assert data_row == "| data | – | 1 | 100.0 | – | 4.3000 |"
@@ -35,10 +23,10 @@ def test_text_summary_has_gen_ppl_per_evaluator_with_seed_spread():
     )
 
 
-def test_markov_summary_keeps_truth_and_tv_columns():
+def test_markov_summary_keeps_truth_and_tv_columns(load_script):
     row = {"method": "teacher", "steps": 8, "truth_nll": 2.5, "entropy": 3.4}
     row["ngram_tv"] = {"2": 0.12, "3": 0.24}
-    table = _load().summarise({"rows": [row]}, baseline=None)
+    table = load_script("student_study").summarise({"rows": [row]}, baseline=None)
     assert table.splitlines()[0] == (
         "| arm | steps | seeds | truth_nll | entropy | 2-gram TV | 3-gram TV |"
     )
