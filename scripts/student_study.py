@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,14 +67,21 @@ def main() -> None:
         action="store_true",
         help="train and sample only (run several workers on disjoint arms/seeds, then evaluate once)",
     )
+    ap.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars for training and sampling (default: when stderr is a terminal)",
+    )
     ap.add_argument("overrides", nargs="*", help="config overrides (key=value)")
     args = ap.parse_args()
 
     run, out = Path(args.run_dir), Path(args.out)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
     cfg = load_config(args.config, args.overrides)
     teacher = run / "teacher" / "model"
     files = []
-    kw = dict(num=args.num, seed=args.sample_seed, batch_size=args.batch_size, progress=False)
+    kw = dict(num=args.num, seed=args.sample_seed, batch_size=args.batch_size, progress=progress)
 
     def sample_once(model_dir: Path, steps: int, path: Path) -> None:
         """Draw unless a file with the same provenance (model, steps, N, seed) exists."""
@@ -114,7 +122,7 @@ def main() -> None:
                     run / "data",
                     sdir,
                     resume=(sdir / "checkpoints").exists(),
-                    progress=False,
+                    progress=progress,
                     jump_fn=jump_fn,
                     method=method,
                     extra={**(extra or {}), "label": f"{arm_name} s{seed}"},
