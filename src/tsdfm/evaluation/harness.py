@@ -8,9 +8,11 @@ Every row is measured the same way (DESIGN.md section 5):
 * the samples file's own speed record (nominal/actual NFE, seconds per sample, tokens/s);
 * for ``markov`` data, the truth evaluator's exact truth-NLL, entropy rate H and n-gram TV.
 
-The ``data`` row is held-out *test* text cut into the samples' length L, as many sequences as
-the largest samples file: the floor every model row is read against. Its text is never written
-out (a committed report carries only its statistics).
+Two reference rows come first (``references.py``), as many sequences as the largest samples
+file: ``data``, held-out *test* text cut into the samples' length L (the floor every model row
+is read against), and on text corpora ``salad``, the same sequences with their words shuffled
+(equal entropy, no order: the word-salad ceiling a model must beat). Their text is never
+written out (a committed report carries only their statistics).
 
 Text is decoded from the ids with the data directory's tokenizer, after checking that the
 samples were made with that tokenizer (fingerprint in the samples' metadata): ids from another
@@ -30,6 +32,7 @@ import numpy as np
 from tsdfm.errors import TsdfmError
 from tsdfm.evaluation.evaluators import Evaluator
 from tsdfm.evaluation.metrics import distinct_n, entropy_stats
+from tsdfm.evaluation.references import reference_sample, word_salad
 
 
 @dataclass
@@ -56,31 +59,6 @@ def load_sample_file(path: str | Path, tokenizer=None, data_dir: Path | None = N
             )
         texts = tokenizer.decode_batch(ids, skip_special=True)
     return SampleFile(path, ids.numpy(), list(texts), meta)
-
-
-def reference_sample(data, num: int, length: int) -> SampleFile:
-    """``num`` test-split sequences of ``length`` tokens (block prefixes, or a re-cut stream
-    when ``length`` exceeds the stored block length)."""
-    test = data.split("test")
-    if length <= data.seq_len:
-        ids = test[: min(num, len(test))][:, :length]
-    else:
-        per_block = data.seq_len
-        need = -(-num * length // per_block)
-        flat = test[: min(need, len(test))].ravel()
-        n = min(num, flat.size // length)
-        ids = flat[: n * length].reshape(n, length)
-    if len(ids) == 0:
-        raise TsdfmError(
-            f"the test split of {data.directory} has no sequence of {length} tokens; prepare "
-            "more data (a larger data.test_fraction)"
-        )
-    if len(ids) < num:
-        print(
-            f"warning: the test split holds only {len(ids)} sequences of {length} tokens (< {num})"
-        )
-    texts = data.tokenizer.decode_batch(ids, skip_special=True)
-    return SampleFile(None, ids, texts, {"method": "data"})
 
 
 def describe(meta: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +108,7 @@ def measure(sf: SampleFile, evaluators: dict[str, Evaluator], verbose: bool = Tr
         row["eval_tokens"][name] = int(scores.tokens.sum())
         row.update(ev.row_metrics(ids))
         if verbose:
-            label = sf.path.name if sf.path else "data"
+            label = sf.path.name if sf.path else sf.meta.get("method", "data")
             print(
                 f"  {label}: {name} gen-PPL {scores.gen_ppl:.3f} over {row['eval_tokens'][name]} "
                 f"tokens ({time.perf_counter() - t0:.1f}s)"
@@ -149,7 +127,10 @@ def evaluate(
     verbose: bool = True,
     run_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate every samples file (plus the real-text row) and write the report files."""
+    """Evaluate every samples file (plus the reference rows) and write the report files.
+
+    ``reference_text``: add the ``data`` row and, on a text corpus, the ``salad`` row.
+    """
     from tsdfm.evaluation.report import build_results, write_report
 
     if not samples_files:
@@ -166,7 +147,10 @@ def evaluate(
     if reference_text and data is not None:
         num = max(len(f.ids) for f in files)
         ref = reference_sample(data, num, files[0].ids.shape[1])
-        rows.append({**_data_describe(), **measure(ref, evaluators, verbose), "samples": None})
+        rows.append({**_reference_describe("data"), **measure(ref, evaluators, verbose)})
+        if data.tokenizer.kind == "bpe":
+            salad = word_salad(ref, data.tokenizer)
+            rows.append({**_reference_describe("salad"), **measure(salad, evaluators, verbose)})
     for sf in files:
         rel = os.path.relpath(sf.path.resolve(), out_dir.resolve())
         rows.append({**describe(sf.meta), **measure(sf, evaluators, verbose), "samples": rel})
@@ -177,9 +161,15 @@ def evaluate(
     return results
 
 
-def _data_describe() -> dict[str, Any]:
+_REFERENCE_LABELS = {
+    "data": "data (test split)",
+    "salad": "word salad (test split, words shuffled)",
+}
+
+
+def _reference_describe(method: str) -> dict[str, Any]:
     return {
-        "method": "data",
+        "method": method,
         "source": None,
         "steps": None,
         "candidates": None,
@@ -189,5 +179,6 @@ def _data_describe() -> dict[str, Any]:
         "sec_per_sample": None,
         "sec_per_sample_cached": None,
         "tokens_per_second": None,
-        "label": "data (test split)",
+        "label": _REFERENCE_LABELS[method],
+        "samples": None,
     }

@@ -1,8 +1,9 @@
 """The two figures of DESIGN.md section 5, one subplot per evaluator (matplotlib, Agg).
 
 * ``gen_ppl_vs_steps.png``: gen-PPL against sampling steps on a log-2 axis, one line per method
-  (and source / K), the real-text value as a dashed horizontal line. Few-step quality loss shows
-  as the line rising to the left.
+  (and source / K), the real-text value as a dashed horizontal line and the word-salad value
+  (same words, shuffled) as a dotted one. Few-step quality loss shows as the line rising to the
+  left; a line near the dotted one has learned little beyond word frequencies.
 * ``frontier.png``: gen-PPL against sample entropy. Lower-left of the data point is only a win
   if entropy did not fall: a sampler that collapses moves left *and* down.
 """
@@ -46,7 +47,8 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     plot_dir = Path(out_dir) / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     data = next((r for r in rows if r["method"] == "data"), None)
-    models = [r for r in rows if r["method"] != "data"]
+    salad = next((r for r in rows if r["method"] == "salad"), None)
+    models = [r for r in rows if r["method"] not in ("data", "salad")]
     out = []
 
     fig, axes = _axes(len(evs), plt)
@@ -61,6 +63,8 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         if data is not None and (data.get("gen_ppl") or {}).get(ev) is not None:
             ax.axhline(data["gen_ppl"][ev], color="k", ls="--", lw=1, label="data")
+        if salad is not None and (salad.get("gen_ppl") or {}).get(ev) is not None:
+            ax.axhline(salad["gen_ppl"][ev], color="0.4", ls=":", lw=1, label="word salad")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sampling steps")
@@ -87,6 +91,15 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         if data is not None and (data.get("gen_ppl") or {}).get(ev) is not None:
             ax.scatter(
                 [data["entropy"]], [data["gen_ppl"][ev]], marker="*", s=160, c="k", label="data"
+            )
+        if salad is not None and (salad.get("gen_ppl") or {}).get(ev) is not None:
+            ax.scatter(
+                [salad["entropy"]],
+                [salad["gen_ppl"][ev]],
+                marker="X",
+                s=90,
+                c="0.4",
+                label="word salad",
             )
         ax.set_yscale("log")
         ax.set_xlabel("sample entropy (nats)")
