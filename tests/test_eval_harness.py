@@ -213,3 +213,15 @@ def test_cached_teacher_row_reports_uncached_time_and_speedups(markov, tmp_path)
     report = (out / "report.md").read_text()
     assert "100.0x (12.5x)" in report and "speed-up vs teacher@1024" in report
     assert "## Samples" in report and "**blind_8**" in report and '"name": "unit"' in report
+
+
+def test_plot_series_one_line_per_arm_across_seeds():
+    from tsdfm.evaluation.plots import _series_key
+
+    rows = [
+        {"method": "blind", "source": "uniform", "arm": "probs s0"},
+        {"method": "blind", "source": "uniform", "arm": "probs s1"},
+        {"method": "blind", "source": "uniform", "arm": "logits s0"},
+        {"method": "teacher", "source": "uniform"},
+    ]
+    assert [_series_key(r) for r in rows] == ["probs", "probs", "logits", "teacher (uniform)"]

@@ -10,12 +10,19 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def _series_key(row: dict[str, Any]) -> str:
+    """One line per arm (a study's arm label without its seed), else per method / source / K."""
+    arm = row.get("arm")
+    if arm:
+        return re.sub(r" s\d+$", "", arm)
     key = row["method"]
     if row.get("source"):
         key += f" ({row['source']})"
@@ -59,8 +66,15 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             if r.get("steps") and ppl is not None:
                 series[_series_key(r)].append((r["steps"], ppl))
         for label, pts in sorted(series.items()):
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+            # several seeds of one arm: the line joins their geometric mean, dots show each seed
+            by_steps: dict[int, list[float]] = defaultdict(list)
+            for steps, ppl in pts:
+                by_steps[steps].append(ppl)
+            xs = sorted(by_steps)
+            ys = [float(np.exp(np.mean(np.log(by_steps[x])))) for x in xs]
+            (line,) = ax.plot(xs, ys, marker="o", label=label)
+            if any(len(v) > 1 for v in by_steps.values()):
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=8, color=line.get_color())
         if data is not None and (data.get("gen_ppl") or {}).get(ev) is not None:
             ax.axhline(data["gen_ppl"][ev], color="k", ls="--", lw=1, label="data")
         if salad is not None and (salad.get("gen_ppl") or {}).get(ev) is not None:
