@@ -132,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: eval/ beside the first samples file)",
     )
     ev.add_argument("--name", help="config name recorded in results.json")
-    ev.add_argument("--no-reference", action="store_true", help="skip the real-text data row")
+    ev.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="skip the reference rows (held-out text, and word salad on text corpora)",
+    )
     ev.add_argument("--no-plots", action="store_true")
     ev.add_argument("--device", default="cpu", help="torch device for the evaluator models")
 
