@@ -15,7 +15,7 @@ from tsdfm.errors import TsdfmError
 from tsdfm.evaluation import Evaluator, Scores
 from tsdfm.evaluation.harness import evaluate
 from tsdfm.evaluation.metrics import entropy_stats
-from tsdfm.evaluation.references import shuffle_words, word_salad, word_starts
+from tsdfm.evaluation.references import SampleFile, shuffle_words, word_salad, word_starts
 from tsdfm.generation import SampleSet, write_samples
 
 WORDS = "the a cat dog bird sat ran on under mat tree quickly slowly red blue big small".split()
@@ -124,5 +124,6 @@ def test_harness_adds_salad_row_on_text(tmp_path):
     assert salad_row["gen_ppl"]["order"] > 1.5 * data_row["gen_ppl"]["order"]
     assert model_row["gen_ppl"]["order"] < salad_row["gen_ppl"]["order"]
     assert "word salad" in (tmp_path / "eval" / "report.md").read_text()
-    salad = word_salad(type("R", (), {"ids": np.asarray(data.split("test")[:4])})(), data.tokenizer)
+    ref = SampleFile(None, np.asarray(data.split("test")[:4]), [], {"method": "data"})
+    salad = word_salad(ref, data.tokenizer)
     assert salad.meta["method"] == "salad" and len(salad.texts) == 4

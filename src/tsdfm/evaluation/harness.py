@@ -23,24 +23,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from tsdfm.errors import TsdfmError
 from tsdfm.evaluation.evaluators import Evaluator
 from tsdfm.evaluation.metrics import distinct_n, entropy_stats
-from tsdfm.evaluation.references import reference_sample, word_salad
-
-
-@dataclass
-class SampleFile:
-    path: Path | None
-    ids: np.ndarray  # [N, L]
-    texts: list[str]
-    meta: dict[str, Any]
+from tsdfm.evaluation.references import SampleFile, reference_sample, word_salad
 
 
 def load_sample_file(path: str | Path, tokenizer=None, data_dir: Path | None = None) -> SampleFile:

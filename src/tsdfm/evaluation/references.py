@@ -15,16 +15,28 @@ keeps every word spelled correctly, so the row measures order, not invented word
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from tsdfm.errors import TsdfmError
 
 
-def reference_sample(data, num: int, length: int):
+@dataclass
+class SampleFile:
+    """One set of sequences to score: a samples file, or a reference row (``path`` None)."""
+
+    path: Path | None
+    ids: np.ndarray  # [N, L]
+    texts: list[str]
+    meta: dict[str, Any]
+
+
+def reference_sample(data, num: int, length: int) -> SampleFile:
     """``num`` test-split sequences of ``length`` tokens (block prefixes, or a re-cut stream
     when ``length`` exceeds the stored block length)."""
-    from tsdfm.evaluation.harness import SampleFile
-
     test = data.split("test")
     if length <= data.seq_len:
         ids = test[: min(num, len(test))][:, :length]
@@ -74,10 +86,8 @@ def shuffle_words(ids: np.ndarray, starts: np.ndarray, seed: int = 0) -> np.ndar
     return out
 
 
-def word_salad(ref, tokenizer, seed: int = 0):
+def word_salad(ref: SampleFile, tokenizer, seed: int = 0) -> SampleFile:
     """The ``salad`` row: ``ref``'s sequences with their words shuffled."""
-    from tsdfm.evaluation.harness import SampleFile
-
     ids = shuffle_words(ref.ids, word_starts(tokenizer), seed)
     texts = tokenizer.decode_batch(ids, skip_special=True)
     return SampleFile(None, ids, texts, {"method": "salad"})
