@@ -135,3 +135,12 @@ def test_k1_shaping_is_the_blind_student(run):
 def test_shaping_flag_errors(run, flags, message, capsys):
     assert main(student_args(run, run[0] / "err", *flags)) == 2
     assert message in capsys.readouterr().err
+
+
+def test_exact_anchor_from_the_cli(run):
+    """--anchor oracle (issue 4's near-exact-teacher check) trains and is recorded."""
+    out = run[0] / "exact"
+    assert main(student_args(run, out, "--anchor", "oracle")) == 0
+    extra = json.loads((out / "model" / "config.json").read_text())["extra"]
+    assert extra["anchor"] == "oracle" and extra["method"] == "blind"
+    assert json.loads((out / "summary.json").read_text())["student"]["anchor"] == "oracle"

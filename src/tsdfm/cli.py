@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     student.add_argument("--candidates", type=int, help="K candidate jumps per midpoint")
     student.add_argument("--select", choices=["argmin", "softmax"], help="how to keep one")
     student.add_argument("--tau", type=float, help="temperature of --select softmax")
+    student.add_argument(
+        "--anchor",
+        choices=["teacher", "oracle"],
+        help="what the dt = 1/N rows imitate: the teacher network, or (markov, mask source) the "
+        "chain's exact denoiser, the near-exact-teacher check (default: student.anchor)",
+    )
 
     smp = sub.add_parser("sample", help="draw samples from a model directory")
     smp.add_argument(
@@ -285,6 +291,8 @@ def _train_student(args) -> None:
     from tsdfm.training.student import shaping_setup, train_student
 
     cfg = _cfg(args)
+    if args.anchor is not None:
+        cfg.student.anchor = args.anchor
     navigate = _apply_shaping_flags(args, cfg.student.shaping)
     sh = cfg.student.shaping
     teacher_dir = _model_dir(args.teacher or f"runs/{cfg.name}/teacher")

@@ -198,7 +198,12 @@ class StudentConfig:
     weight on every power-of-two step size, which keeps enough rows on the sizes an 8-step
     student actually uses). ``target``: ``rk4`` (three midpoints) or ``heun`` (two half steps).
     ``target_space``: ``logits`` (FS-DFM's logit average, mode-seeking) or ``probs`` (the
-    marginal-exact probability mixture).
+    marginal-exact probability mixture). ``anchor``: what the rows at the teacher's own
+    resolution (dt = 1/N) imitate: ``teacher`` (the frozen network) or, on the ``markov``
+    corpus with a mask source, ``oracle`` (the chain's exact denoiser,
+    ``tsdfm.models.oracle``). The oracle anchor is the near-exact-teacher check of DESIGN.md
+    section 3: with it the probability-mixture student should converge to the exact sampler's
+    S-step marginals, so any remaining gap is the recipe's own, not the teacher's.
     """
 
     train: TrainConfig = field(
@@ -208,6 +213,7 @@ class StudentConfig:
     dt_weights: str = "chain"
     target: str = "rk4"
     target_space: str = "probs"
+    anchor: str = "teacher"
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
 
     def validate(self, where: str = "student") -> None:
@@ -218,6 +224,7 @@ class StudentConfig:
         _choice(self, where, "dt_weights", ("inverse", "chain"))
         _choice(self, where, "target", ("rk4", "heun"))
         _choice(self, where, "target_space", ("logits", "probs"))
+        _choice(self, where, "anchor", ("teacher", "oracle"))
         self.shaping.validate(f"{where}.shaping")
 
 

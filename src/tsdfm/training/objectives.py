@@ -87,7 +87,7 @@ class ShortcutObjective:
     """Few-step student loss (FS-DFM): forward KL to a shortcut target on changeable positions.
 
     Rows with ``dt = 1/N`` (the teacher's own resolution) are anchored to the frozen teacher's
-    denoiser; larger steps imitate the shortcut target built from the EMA student at ``dt/2``
+    denoiser (or to ``anchor``, e.g. the markov chain's exact denoiser); larger steps imitate the shortcut target built from the EMA student at ``dt/2``
     through midpoints made by ``jump_fn`` (blind or navigated). ``target_model`` is bound to the
     trainer's EMA copy after the trainer is built.
 
@@ -107,6 +107,7 @@ class ShortcutObjective:
         num_classes: int,
         jump_fn=None,
         stats_every: int = 1,
+        anchor: nn.Module | None = None,
     ):
         from tsdfm.shaping import blind_jump
 
@@ -123,10 +124,12 @@ class ShortcutObjective:
         self.navigator = getattr(self.jump_fn, "navigator", None)
         self.stats_every, self._train_calls = max(1, int(stats_every)), 0
         self.target_model: nn.Module | None = None
+        self.anchor = anchor if anchor is not None else teacher
 
     def to(self, device: torch.device) -> ShortcutObjective:
         """Move the frozen models the targets need (teacher, compass) to the training device."""
         self.teacher.to(device)
+        self.anchor.to(device)
         compass = getattr(self.navigator, "compass", None)
         for value in vars(compass).values() if compass is not None else ():
             if isinstance(value, nn.Module):
@@ -142,7 +145,7 @@ class ShortcutObjective:
         with torch.no_grad():
             if anchor.any():
                 a = anchor.nonzero().squeeze(1)
-                target[a] = torch.log_softmax(self.teacher(x_t[a], t[a], dt[a]).float(), dim=-1)
+                target[a] = torch.log_softmax(self.anchor(x_t[a], t[a], dt[a]).float(), dim=-1)
             if (~anchor).any():
                 r = (~anchor).nonzero().squeeze(1)
                 ema = self.target_model if self.target_model is not None else self.teacher

@@ -45,6 +45,28 @@ def load_teacher(teacher_dir: Path, data) -> Denoiser:
     return teacher.eval()
 
 
+def exact_anchor(cfg: ExperimentConfig, teacher: Denoiser, data):
+    """The markov chain's exact denoiser as the dt = 1/N anchor (``student.anchor=oracle``).
+
+    Only defined where the truth is known and the teacher's path is the one the oracle solves:
+    the ``markov`` corpus (order 1) with a mask source. Anywhere else it fails before training.
+    """
+    from tsdfm.models.oracle import MarkovOracleDenoiser
+
+    chain = data.chain()
+    if chain is None:
+        raise TsdfmError(
+            "student.anchor=oracle needs the markov corpus (the exact denoiser is the true "
+            f"chain's); the data in {data.directory} is real text: use student.anchor=teacher"
+        )
+    if teacher.config.source != "mask":
+        raise TsdfmError(
+            "student.anchor=oracle is the exact denoiser of the mask source; this teacher uses "
+            f"the {teacher.config.source} source: use student.anchor=teacher"
+        )
+    return MarkovOracleDenoiser(chain, data.seq_len)
+
+
 def quick_eval(data, steps: int = 8, num: int = 64, seed: int = 99):
     """Periodic check during distillation: ``num`` samples at ``steps`` (exact metrics on markov)."""
     chain = data.chain()
@@ -84,11 +106,13 @@ def shaping_setup(
 
     ``navigate=False`` is blind distillation (the plain midpoint jump). Otherwise the midpoint
     jump is the navigator's, also for K = 1 (the ablation row on the same code path); ``method``
-    is "shaped" only for K > 1. ``name`` is the default output directory name.
+    is "shaped" only for K > 1. ``name`` is the default output directory name (suffixed
+    ``-exact-anchor`` when ``student.anchor=oracle``, so it never overwrites a teacher-anchored run).
     """
     sh = cfg.student.shaping
+    suffix = "-exact-anchor" if cfg.student.anchor == "oracle" else ""
     if not navigate:
-        return None, "blind", None, "student-blind"
+        return None, "blind", None, "student-blind" + suffix
     from tsdfm.shaping import shaped_jump
 
     data = load_prepared(Path(data_dir), verify=True)
@@ -100,8 +124,10 @@ def shaping_setup(
     extra = {"candidates": sh.candidates, "compass": sh.compass, "select": sh.select, "tau": sh.tau}
     if sh.compass == "ar":
         extra["compass_dir"] = str(compass_dir)
-    name = f"student-{sh.compass}-k{sh.candidates}" + (
-        f"-softmax{sh.tau:g}" if sh.select == "softmax" else ""
+    name = (
+        f"student-{sh.compass}-k{sh.candidates}"
+        + (f"-softmax{sh.tau:g}" if sh.select == "softmax" else "")
+        + suffix
     )
     return jump_fn, ("shaped" if sh.candidates > 1 else "blind"), extra, name
 
@@ -122,6 +148,7 @@ def train_student(
     ctx = distributed.setup(scfg.device)
     data = load_prepared(data_dir, verify=True)
     teacher = load_teacher(teacher_dir, data)
+    anchor = exact_anchor(cfg, teacher, data) if cfg.student.anchor == "oracle" else None
     prepare_run_dir(out_dir, resume)
     if scfg.num_threads:
         torch.set_num_threads(scfg.num_threads)
@@ -133,6 +160,7 @@ def train_student(
             "method": method,
             "target": cfg.student.target,
             "target_space": cfg.student.target_space,
+            "anchor": cfg.student.anchor,
             "teacher_steps": cfg.student.teacher_steps,
             "dt_weights": cfg.student.dt_weights,
             **(extra or {}),
@@ -148,12 +176,15 @@ def train_student(
         student.config.num_classes,
         jump_fn,
         stats_every=scfg.log_every * scfg.grad_accum_steps,  # calls per logged interval
+        anchor=anchor,
     )
     if ctx.is_main:
         print(
             f"[student:{method}] {count_parameters(student) / 1e6:.2f}M parameters from "
             f"{teacher_dir}; target={cfg.student.target}/{cfg.student.target_space}, dt weights="
-            f"{cfg.student.dt_weights}" + world_note(ctx)
+            f"{cfg.student.dt_weights}"
+            + (", anchor=exact denoiser" if anchor is not None else "")
+            + world_note(ctx)
         )
     trainer = Trainer(
         student,

@@ -1,0 +1,70 @@
+"""``student.anchor=oracle``: the dt = 1/N rows imitate the markov chain's exact denoiser.
+
+This is the near-exact-teacher check of issue 4: the anchor must be the oracle's posterior
+exactly (not the teacher network's) and it must refuse the settings where no exact denoiser
+exists (real text, the uniform source). The CLI run is in ``test_shaping_cli.py``.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tsdfm.config import StudentConfig
+from tsdfm.data.markov import MarkovChain
+from tsdfm.errors import TsdfmError
+from tsdfm.models import Denoiser, DenoiserConfig
+from tsdfm.models.oracle import MarkovOracleDenoiser
+from tsdfm.training.objectives import ShortcutObjective
+from tsdfm.training.student import exact_anchor
+
+
+def tiny_teacher(source="mask", V=8, L=12):
+    torch.manual_seed(0)
+    return Denoiser(
+        DenoiserConfig(
+            vocab_size=V + 1,
+            num_classes=V,
+            max_len=L,
+            dim=16,
+            n_layers=1,
+            n_heads=2,
+            time_cond=source == "uniform",
+            source=source,
+        )
+    ).eval()
+
+
+def test_anchor_rows_are_the_exact_posterior():
+    chain = MarkovChain(vocab_size=8, order=1, alpha=0.3, eps=0.02, seed=3)
+    teacher, oracle = tiny_teacher(), MarkovOracleDenoiser(chain, 12)
+    n = 16
+    obj = ShortcutObjective(teacher, StudentConfig(teacher_steps=n), 8, 8, anchor=oracle)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.from_numpy(chain.sample(6, 12, seed=1))
+    x_t = torch.where(torch.rand(6, 12, generator=gen) < 0.6, torch.full_like(x, 8), x)
+    t, dt = torch.full((6,), 0.25), torch.full((6,), 1.0 / n)
+    target, anchor = obj.targets(x_t, t, dt, gen)
+    assert anchor.all()
+    want = torch.log_softmax(oracle(x_t, t, dt).float(), dim=-1)
+    torch.testing.assert_close(target, want)
+    # and it is not what the (untrained) teacher network says
+    plain = ShortcutObjective(teacher, StudentConfig(teacher_steps=n), 8, 8)
+    masked = x_t == 8
+    assert not torch.allclose(plain.targets(x_t, t, dt, gen)[0][masked], want[masked], atol=1e-2)
+
+
+def test_exact_anchor_refuses_text_and_the_uniform_source():
+    text = SimpleNamespace(chain=lambda: None, directory="runs/x/data", seq_len=12)
+    with pytest.raises(TsdfmError, match="markov corpus"):
+        exact_anchor(None, tiny_teacher(), text)
+    chain = MarkovChain(vocab_size=8, order=1, alpha=0.3, eps=0.02, seed=0)
+    markov = SimpleNamespace(chain=lambda: chain, directory="runs/m/data", seq_len=12)
+    with pytest.raises(TsdfmError, match="uniform source"):
+        exact_anchor(None, tiny_teacher("uniform"), markov)
+    assert isinstance(exact_anchor(None, tiny_teacher(), markov), MarkovOracleDenoiser)
+
+
+def test_config_rejects_an_unknown_anchor():
+    with pytest.raises(TsdfmError, match="anchor"):
+        StudentConfig(anchor="ema").validate()
