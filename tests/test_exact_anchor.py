@@ -68,3 +68,38 @@ def test_exact_anchor_refuses_text_and_the_uniform_source():
 def test_config_rejects_an_unknown_anchor():
     with pytest.raises(TsdfmError, match="anchor"):
         StudentConfig(anchor="ema").validate()
+
+
+def test_oracle_gap_is_zero_for_the_oracle_and_positive_for_a_network():
+    from tsdfm.evaluation.oracle_gap import oracle_gap
+
+    chain = MarkovChain(vocab_size=8, order=1, alpha=0.3, eps=0.02, seed=3)
+    oracle = MarkovOracleDenoiser(chain, 12)
+    oracle.config = tiny_teacher().config  # the gap reads the path's settings from .config
+    x1 = torch.from_numpy(chain.sample(64, 12, seed=2)).long()
+    zero = oracle_gap(oracle, oracle, x1, [8, 2], torch.Generator().manual_seed(0))
+    assert all(abs(v) < 1e-9 for way in zero.values() for v in way.values())
+    net = oracle_gap(tiny_teacher(), oracle, x1, [8, 2], torch.Generator().manual_seed(0))
+    assert all(v > 0.01 for way in ("forward", "reverse") for v in net[way].values())
+    assert set(net) == {"forward", "reverse", "flatness"} and set(net["reverse"]) == {8, 2}
+    # an untrained network is near uniform: flatter than the chain's posterior
+    assert all(v > 0 for v in net["flatness"].values())
+
+
+def test_oracle_gap_script(tmp_path, load_script):
+    from tsdfm.data import prepare_data
+    from tsdfm.data.spec import DataSpec, MarkovSpec
+
+    data = tmp_path / "data"
+    markov = MarkovSpec(vocab_size=8, alpha=0.3, num_train=32, num_valid=8, num_test=8)
+    tok = prepare_data(DataSpec(corpus="markov", seq_len=12, markov=markov), data).tokenizer
+    teacher = tiny_teacher()
+    teacher.config.tokenizer_fingerprint = tok.fingerprint()
+    teacher.save_pretrained(tmp_path / "t" / "model", tokenizer=tok)
+    script = load_script("oracle_gap")
+    args = ["--data", str(data), "--model", f"t={tmp_path / 't'}", "--steps", "4", "1"]
+    assert script.main([*args, "--num", "16", "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "oracle_gap.md").read_text()
+    assert all(f"| t | {way} | " in table for way in ("forward", "reverse", "flatness"))
+    assert "S = 4" in table
+    assert script.main(["--data", str(data), "--model", "nonsense", "--out", str(tmp_path)]) == 2

@@ -159,3 +159,25 @@ def test_ship_auto_keeps_the_weights_that_validate_better(tmp_path):
     assert res.final_val_loss == res.val_losses["raw"]
     forced = make_trainer(tmp_path / "b", steps=60, lr=1e-2, ema_decay=0.999, ship="ema").fit()
     assert forced.shipped == "ema" and forced.val_losses is None
+
+
+def test_a_run_dir_is_trained_by_one_process_at_a_time(tmp_path):
+    """A live lock refuses a second trainer before any step; a dead owner's lock is taken over."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from tsdfm.artifacts import run_lock
+
+    out = tmp_path / "run"
+    with run_lock(out):
+        with pytest.raises(TsdfmError, match="being trained by another process"):
+            make_trainer(out, steps=2).fit()
+        assert not (out / "log.csv").exists()
+    assert not (out / ".lock").exists()  # released
+    child = [sys.executable, "-c", "import os; print(os.getpid())"]
+    dead = int(subprocess.run(child, capture_output=True, check=True).stdout)  # exited already
+    (out / ".lock").write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))
+    make_trainer(out, steps=2).fit()  # stale lock: taken over, then released
+    assert (out / "log.csv").exists() and not (out / ".lock").exists()

@@ -194,3 +194,57 @@ def removing_new_dirs_on_error(directory: Path) -> Iterator[None]:
             except OSError:  # not empty (or not ours to remove): keep it and its parents
                 break
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(directory: Path) -> Iterator[None]:
+    """Hold ``directory/.lock`` while a stage trains into ``directory``.
+
+    Two processes resuming the same run would interleave checkpoints and logs and silently
+    corrupt it (easy to do with several study workers). The lock file holds the owner's pid
+    and host; a lock whose process is gone (same host) is stale and taken over, anything else
+    is refused with the owner named, before a single step is taken.
+    """
+    import socket
+
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / ".lock"
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                owner = {}
+            pid, host = owner.get("pid"), owner.get("host")
+            if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            raise TsdfmError(
+                f"{directory} is being trained by another process (pid {pid} on {host}, since "
+                f"{owner.get('started', '?')}); wait for it to finish, or if it is gone, delete "
+                f"{lock}"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        try:
+            if json.loads(lock.read_text()).get("pid") == me["pid"]:
+                lock.unlink()
+        except (OSError, ValueError):
+            pass

@@ -41,6 +41,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from tsdfm import distributed
+from tsdfm.artifacts import run_lock
 from tsdfm.config import TrainConfig
 from tsdfm.distributed import derive_seed, make_generator
 from tsdfm.errors import TsdfmError
@@ -438,7 +439,14 @@ class Trainer:
     # ------------------------------------------------------------------ fit
     def fit(self, resume: bool = False) -> FitResult:
         """Train to ``cfg.steps``. Under torchrun every rank calls this; rank 0 alone writes
-        logs, progress and checkpoints, and all ranks return the same result."""
+        logs, progress and checkpoints (holding the run directory's lock, so a second process
+        cannot train into it at the same time), and all ranks return the same result."""
+        if not self.dist.is_main:
+            return self._fit(resume)
+        with run_lock(self.out_dir):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> FitResult:
         cfg, main = self.cfg, self.dist.is_main
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
