@@ -9,30 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_shortcut import tiny_teacher  # V = 8 symbols + [MASK], L = 12
 
 from tsdfm.config import StudentConfig
 from tsdfm.data.markov import MarkovChain
 from tsdfm.errors import TsdfmError
-from tsdfm.models import Denoiser, DenoiserConfig
 from tsdfm.models.oracle import MarkovOracleDenoiser
 from tsdfm.training.objectives import ShortcutObjective
 from tsdfm.training.student import exact_anchor
-
-
-def tiny_teacher(source="mask", V=8, L=12):
-    torch.manual_seed(0)
-    return Denoiser(
-        DenoiserConfig(
-            vocab_size=V + 1,
-            num_classes=V,
-            max_len=L,
-            dim=16,
-            n_layers=1,
-            n_heads=2,
-            time_cond=source == "uniform",
-            source=source,
-        )
-    ).eval()
 
 
 def test_anchor_rows_are_the_exact_posterior():
