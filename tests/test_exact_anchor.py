@@ -41,12 +41,12 @@ def test_anchor_rows_are_the_exact_posterior():
 def test_exact_anchor_refuses_text_and_the_uniform_source():
     text = SimpleNamespace(chain=lambda: None, directory="runs/x/data", seq_len=12)
     with pytest.raises(TsdfmError, match="markov corpus"):
-        exact_anchor(None, tiny_teacher(), text)
+        exact_anchor(tiny_teacher(), text)
     chain = MarkovChain(vocab_size=8, order=1, alpha=0.3, eps=0.02, seed=0)
     markov = SimpleNamespace(chain=lambda: chain, directory="runs/m/data", seq_len=12)
     with pytest.raises(TsdfmError, match="uniform source"):
-        exact_anchor(None, tiny_teacher("uniform"), markov)
-    assert isinstance(exact_anchor(None, tiny_teacher(), markov), MarkovOracleDenoiser)
+        exact_anchor(tiny_teacher("uniform"), markov)
+    assert isinstance(exact_anchor(tiny_teacher(), markov), MarkovOracleDenoiser)
 
 
 def test_config_rejects_an_unknown_anchor():

@@ -45,7 +45,7 @@ def load_teacher(teacher_dir: Path, data) -> Denoiser:
     return teacher.eval()
 
 
-def exact_anchor(cfg: ExperimentConfig, teacher: Denoiser, data):
+def exact_anchor(teacher: Denoiser, data):
     """The markov chain's exact denoiser as the dt = 1/N anchor (``student.anchor=oracle``).
 
     Only defined where the truth is known and the teacher's path is the one the oracle solves:
@@ -148,7 +148,7 @@ def train_student(
     ctx = distributed.setup(scfg.device)
     data = load_prepared(data_dir, verify=True)
     teacher = load_teacher(teacher_dir, data)
-    anchor = exact_anchor(cfg, teacher, data) if cfg.student.anchor == "oracle" else None
+    anchor = exact_anchor(teacher, data) if cfg.student.anchor == "oracle" else None
     prepare_run_dir(out_dir, resume)
     if scfg.num_threads:
         torch.set_num_threads(scfg.num_threads)
