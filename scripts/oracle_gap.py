@@ -25,14 +25,11 @@ from tsdfm.artifacts import atomic_write_json, now_iso
 from tsdfm.data import load_prepared
 from tsdfm.errors import TsdfmError
 from tsdfm.evaluation.oracle_gap import oracle_gap
+from tsdfm.generator import resolve_model_dir
 from tsdfm.models import Denoiser, load_pretrained
 from tsdfm.models.oracle import MarkovOracleDenoiser
 
 WAYS = ("forward", "reverse", "flatness")
-
-
-def _model_dir(path: Path) -> Path:
-    return path / "model" if (path / "model" / "config.json").is_file() else path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             name, sep, path = spec.partition("=")
             if not sep:
                 raise TsdfmError(f"--model takes NAME=DIR, got {spec!r}")
-            model, _ = load_pretrained(_model_dir(Path(path)), expect=Denoiser)
+            model, _ = load_pretrained(resolve_model_dir(path), expect=Denoiser)
             if model.config.source != "mask":
                 raise TsdfmError(f"{path}: the exact posterior is the mask source's")
             gen = torch.Generator().manual_seed(args.seed)  # same x_t for every model

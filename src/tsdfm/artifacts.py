@@ -220,7 +220,7 @@ def run_lock(directory: Path) -> Iterator[None]:
     directory.mkdir(parents=True, exist_ok=True)
     lock = directory / ".lock"
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso()}
-    for _ in range(2):
+    for _ in range(2):  # a second try only after removing a stale lock
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -240,6 +240,8 @@ def run_lock(directory: Path) -> Iterator[None]:
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         break
+    else:  # another process took the stale lock first
+        raise TsdfmError(f"{directory} is being trained by another process; see {lock}")
     try:
         yield
     finally:

@@ -16,11 +16,11 @@ measure, step size by step size, how far it is from that ideal. The directions d
 and a token drawn from the model costs ``reverse + H(model) - H(oracle)`` more nats under the
 exact posterior than one drawn from the oracle, so it is the direction samples feel, and
 ``flatness`` (> 0: the model spreads more mass than the truth) is the part of that excess a
-few-step sampler cannot average away. At ``dt = 1/N`` (the anchor)
-either says how well the anchor was fitted; at the sizes the sampler uses, whether the shortcut
-chain carried the anchor's quality up or lost it on the way. A teacher (no step-size input)
-ignores ``dt``; only the time grid differs, and ``1/dt`` steps of
-the sampler visit exactly the times ``k dt`` this draws from.
+few-step sampler cannot average away. At ``dt = 1/N`` (the anchor) either says how well the
+anchor was fitted; at the sizes the sampler uses, whether the shortcut chain carried the
+anchor's quality up or lost it on the way. A teacher (no step-size input) ignores ``dt``; only
+the time grid differs, and ``1/dt`` steps of the sampler visit exactly the times ``k dt`` this
+draws from.
 """
 
 from __future__ import annotations
@@ -60,9 +60,10 @@ def oracle_gap(
             masked = x_t == c.mask_id
             logq = torch.log_softmax(oracle(x_t, t, dt).double(), dim=-1)
             logm = torch.log_softmax(model(x_t, t, dt).double(), dim=-1)
-            fwd += float((logq.exp() * (logq - logm)).sum(-1)[masked].sum())
-            rev += float((logm.exp() * (logm - logq)).sum(-1)[masked].sum())
-            flat += float(((logq.exp() * logq) - (logm.exp() * logm)).sum(-1)[masked].sum())
+            q, m = logq.exp(), logm.exp()
+            fwd += float((q * (logq - logm)).sum(-1)[masked].sum())
+            rev += float((m * (logm - logq)).sum(-1)[masked].sum())
+            flat += float((q * logq - m * logm).sum(-1)[masked].sum())
             count += int(masked.sum())
         for key, total in (("forward", fwd), ("reverse", rev), ("flatness", flat)):
             out[key][S] = total / max(count, 1)

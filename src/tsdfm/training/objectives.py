@@ -87,9 +87,10 @@ class ShortcutObjective:
     """Few-step student loss (FS-DFM): forward KL to a shortcut target on changeable positions.
 
     Rows with ``dt = 1/N`` (the teacher's own resolution) are anchored to the frozen teacher's
-    denoiser (or to ``anchor``, e.g. the markov chain's exact denoiser); larger steps imitate the shortcut target built from the EMA student at ``dt/2``
-    through midpoints made by ``jump_fn`` (blind or navigated). ``target_model`` is bound to the
-    trainer's EMA copy after the trainer is built.
+    denoiser (or to ``anchor``, e.g. the markov chain's exact denoiser); larger steps imitate
+    the shortcut target built from the EMA student at ``dt/2`` through midpoints made by
+    ``jump_fn`` (blind or navigated). ``target_model`` is bound to the trainer's EMA copy after
+    the trainer is built.
 
     A navigated ``jump_fn`` (one with a ``navigator`` attribute) adds its statistics to the
     metrics, with fixed keys so every log row has the same columns: ``nav_gap`` (energy gap
