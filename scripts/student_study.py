@@ -178,6 +178,8 @@ def summarise(results: dict, baseline: str | None = "blind") -> str:
     if floor is not None and "ngram_tv" in floor:
         lines.append(f"\nFloor (true chain samples, same N): TV {json.dumps(floor['ngram_tv'])}")
         lines += excess_tv_table(groups, floor, baseline)
+    elif baseline and results.get("evaluators"):
+        lines += gen_ppl_change_table(groups, baseline, results["evaluators"])
     return "\n".join(lines) + "\n"
 
 
@@ -235,6 +237,52 @@ def excess_tv_table(groups: dict, floor: dict, baseline: str | None) -> list[str
         lines.append(
             f"| {label} | {steps} | {len(rows)} | {np.mean(ex):.4f}{spread} | {ratio} | "
             f"{separated} | {rel} |"
+        )
+    return lines
+
+
+def gen_ppl_change_table(groups: dict, baseline: str, evaluators: list[str]) -> list[str]:
+    """Issue 5's text criterion: each arm's mean gen-PPL against the baseline arm's at the same
+    steps and against the 1,024-step teacher, per evaluator, with entropy against the teacher's.
+    'separated' says whether the two arms' seed ranges are disjoint under every evaluator that
+    scored both (with one seed on either side it cannot be told: '–')."""
+    teacher = groups.get(("teacher", 1024), [])
+    lines = [
+        "",
+        f"Change in mean gen-PPL against `{baseline}` at the same steps and against the teacher "
+        "at 1,024 steps (negative = better); 'separated' = seed ranges disjoint under every "
+        "evaluator.",
+        "",
+        "| arm | steps | seeds | vs " + baseline + " (" + " / ".join(evaluators) + ") | separated "
+        "| vs teacher @ 1,024 | entropy vs teacher @ 1,024 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def ppl(rows, name):
+        return [r["gen_ppl"][name] for r in rows if r.get("gen_ppl", {}).get(name) is not None]
+
+    def change(rows, ref, name):
+        a, b = ppl(rows, name), ppl(ref, name)
+        return f"{100 * (np.mean(a) / np.mean(b) - 1):+.1f}%" if a and b else "–"
+
+    for (label, steps), rows in groups.items():
+        if label in ("data", "teacher", baseline) or steps is None:
+            continue
+        base = groups.get((baseline, steps), [])
+        verdicts = []
+        for name in evaluators:
+            a, b = ppl(rows, name), ppl(base, name)
+            if len(a) > 1 and len(b) > 1:
+                verdicts.append(max(a) < min(b) or min(a) > max(b))
+        separated = ("yes" if all(verdicts) else "no") if verdicts else "–"
+        ent, t_ent = [r["entropy"] for r in rows], [r["entropy"] for r in teacher]
+        ent_change = f"{100 * (np.mean(ent) / np.mean(t_ent) - 1):+.1f}%" if t_ent else "–"
+        lines.append(
+            f"| {label} | {steps} | {len(rows)} | "
+            + " / ".join(change(rows, base, n) for n in evaluators)
+            + f" | {separated} | "
+            + " / ".join(change(rows, teacher, n) for n in evaluators)
+            + f" | {ent_change} |"
         )
     return lines
 

@@ -31,3 +31,26 @@ def test_markov_summary_keeps_truth_and_tv_columns(load_script):
         "| arm | steps | seeds | truth_nll | entropy | 2-gram TV | 3-gram TV |"
     )
     assert table.splitlines()[2] == "| teacher | 8 | 1 | 2.5000 | 3.4000 | 0.1200 | 0.2400 |"
+
+
+def test_text_summary_compares_each_arm_with_the_baseline_and_the_1024_step_teacher(load_script):
+    results = {
+        "evaluators": ["a", "b"],
+        "rows": [
+            {
+                "method": "teacher",
+                "steps": 1024,
+                "gen_ppl": {"a": 100.0, "b": 50.0},
+                "entropy": 4.0,
+            },
+            _row("blind s0", 8, {"a": 200.0, "b": 100.0}, 4.0),
+            _row("blind s1", 8, {"a": 220.0, "b": 110.0}, 4.0),
+            _row("shaped s0", 8, {"a": 150.0, "b": 100.0}, 3.8),
+            _row("shaped s1", 8, {"a": 160.0, "b": 120.0}, 3.8),
+        ],
+    }
+    table = load_script("student_study").summarise(results, baseline="blind")
+    shaped = [line for line in table.splitlines() if line.startswith("| shaped | 8 | 2 | -")]
+    # a: 155 vs 210 (-26.2%), b: 110 vs 105 (+4.8%); ranges overlap under b -> not separated;
+    # vs the teacher: +55.0% / +120.0%; entropy 3.8 vs 4.0 -> -5.0%
+    assert shaped == ["| shaped | 8 | 2 | -26.2% / +4.8% | no | +55.0% / +120.0% | -5.0% |"]
