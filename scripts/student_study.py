@@ -14,6 +14,8 @@ Usage (the exact benchmark)::
     # several workers on disjoint arms/seeds (--no-eval), then one evaluation of everything
     python scripts/student_study.py --config configs/markov.yaml --run-dir runs/markov \\
         --out docs/results/markov-shaping --eval-only
+    # tabulate another evaluation of the same samples (`tsdfm evaluate --evaluators smollm2-135m`)
+    python scripts/student_study.py --summarise docs/results/STUDY/smollm2/results.json
 
 Each arm and seed is trained into ``<run-dir>/student-<arm>-s<seed>`` (skipped when complete,
 resumed when interrupted); ``--spaces X`` is shorthand for ``--arm X=student.target_space=X``.
@@ -42,10 +44,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--config", required=True)
-    ap.add_argument(
-        "--run-dir", required=True, help="holds data/ and teacher/ (from `tsdfm pipeline`)"
-    )
+    ap.add_argument("--config")
+    ap.add_argument("--run-dir", help="holds data/ and teacher/ (from `tsdfm pipeline`)")
     ap.add_argument("--spaces", nargs="*", default=[])
     ap.add_argument("--arm", action="append", default=[], help="NAME=key=value;key=value")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -60,8 +60,14 @@ def main() -> None:
         action="store_true",
         help="no training or sampling: evaluate every samples file under OUT/samples",
     )
-    ap.add_argument("--baseline", default="blind", help="arm the excess-TV ratios compare to")
-    ap.add_argument("--out", required=True)
+    ap.add_argument(
+        "--summarise",
+        metavar="RESULTS_JSON",
+        help="only tabulate a results.json written by `tsdfm evaluate` (e.g. extra evaluators) "
+        "into study.md beside it",
+    )
+    ap.add_argument("--baseline", default="blind", help="arm the comparisons are made against")
+    ap.add_argument("--out")
     ap.add_argument(
         "--no-eval",
         action="store_true",
@@ -75,6 +81,19 @@ def main() -> None:
     )
     ap.add_argument("overrides", nargs="*", help="config overrides (key=value)")
     args = ap.parse_args()
+    if args.summarise:
+        path = Path(args.summarise)
+        if not path.is_file():
+            ap.error(f"results file not found: {path}")
+        study = path.parent / "study.md"
+        study.write_text(summarise(json.loads(path.read_text()), args.baseline), encoding="utf-8")
+        print(study.read_text())
+        return
+    missing = [
+        f"--{a.replace('_', '-')}" for a in ("config", "run_dir", "out") if not getattr(args, a)
+    ]
+    if missing:
+        ap.error(f"the following arguments are required: {', '.join(missing)}")
 
     run, out = Path(args.run_dir), Path(args.out)
     progress = sys.stderr.isatty() if args.progress is None else args.progress

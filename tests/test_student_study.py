@@ -54,3 +54,23 @@ def test_text_summary_compares_each_arm_with_the_baseline_and_the_1024_step_teac
     # a: 155 vs 210 (-26.2%), b: 110 vs 105 (+4.8%); ranges overlap under b -> not separated;
     # vs the teacher: +55.0% / +120.0%; entropy 3.8 vs 4.0 -> -5.0%
     assert shaped == ["| shaped | 8 | 2 | -26.2% / +4.8% | no | +55.0% / +120.0% | -5.0% |"]
+
+
+def test_summarise_only_tabulates_an_existing_results_file(
+    load_script, tmp_path, monkeypatch, capsys
+):
+    import json
+    import sys
+
+    import pytest
+
+    results = {"evaluators": ["a"], "rows": [_row("blind s0", 8, {"a": 200.0}, 4.0)]}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    script = load_script("student_study")
+    monkeypatch.setattr(sys, "argv", ["x", "--summarise", str(tmp_path / "results.json")])
+    script.main()
+    assert "| blind | 8 | 1 | 200.0 | 4.0000 |" in (tmp_path / "study.md").read_text()
+    monkeypatch.setattr(sys, "argv", ["x", "--seeds", "0"])
+    with pytest.raises(SystemExit):
+        script.main()
+    assert "required: --config, --run-dir, --out" in capsys.readouterr().err
