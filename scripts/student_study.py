@@ -85,9 +85,7 @@ def main() -> None:
         path = Path(args.summarise)
         if not path.is_file():
             ap.error(f"results file not found: {path}")
-        study = path.parent / "study.md"
-        study.write_text(summarise(json.loads(path.read_text()), args.baseline), encoding="utf-8")
-        print(study.read_text())
+        _write_study(path.parent, summarise(json.loads(path.read_text()), args.baseline))
         return
     missing = [
         f"--{a.replace('_', '-')}" for a in ("config", "run_dir", "out") if not getattr(args, a)
@@ -161,8 +159,17 @@ def main() -> None:
     results = evaluate(
         files, evaluators, run / "data", out_dir=out, config_name=cfg.name, verbose=False
     )
-    (out / "study.md").write_text(summarise(results, args.baseline), encoding="utf-8")
-    print((out / "study.md").read_text())
+    _write_study(out, summarise(results, args.baseline))
+
+
+def _write_study(directory: Path, text: str) -> None:
+    (directory / "study.md").write_text(text, encoding="utf-8")
+    print(text)
+
+
+def _disjoint(a: list[float], b: list[float]) -> bool:
+    """Two seed ranges that do not overlap: the gap between arms exceeds both spreads."""
+    return max(a) < min(b) or min(a) > max(b)
 
 
 def _row_order(path: Path) -> tuple:
@@ -249,7 +256,7 @@ def excess_tv_table(groups: dict, floor: dict, baseline: str | None) -> list[str
         ratio, separated = "–", "–"
         if base and label != baseline:
             ratio = f"{np.mean(ex) / np.mean(base):.3f}"
-            separated = "yes" if (max(ex) < min(base) or min(ex) > max(base)) else "no"
+            separated = "yes" if _disjoint(ex, base) else "no"
         nll = [r["truth_nll"] for r in rows if r.get("truth_nll") is not None]
         rel = f"{100 * (np.mean(nll) / nll_data - 1):+.1f}%" if nll and nll_data else "–"
         spread = f" ({min(ex):.4f}..{max(ex):.4f})" if len(ex) > 1 else ""
@@ -292,7 +299,7 @@ def gen_ppl_change_table(groups: dict, baseline: str, evaluators: list[str]) -> 
         for name in evaluators:
             a, b = ppl(rows, name), ppl(base, name)
             if len(a) > 1 and len(b) > 1:
-                verdicts.append(max(a) < min(b) or min(a) > max(b))
+                verdicts.append(_disjoint(a, b))
         separated = ("yes" if all(verdicts) else "no") if verdicts else "–"
         ent, t_ent = [r["entropy"] for r in rows], [r["entropy"] for r in teacher]
         ent_change = f"{100 * (np.mean(ent) / np.mean(t_ent) - 1):+.1f}%" if t_ent else "–"
