@@ -22,12 +22,11 @@ from pathlib import Path
 import torch
 
 from tsdfm.artifacts import atomic_write_json, now_iso
-from tsdfm.data import load_prepared
 from tsdfm.errors import TsdfmError
 from tsdfm.evaluation.oracle_gap import oracle_gap
 from tsdfm.generator import resolve_model_dir
 from tsdfm.models import Denoiser, load_pretrained
-from tsdfm.models.oracle import MarkovOracleDenoiser
+from tsdfm.models.oracle import load_markov_oracle
 
 WAYS = ("forward", "reverse", "flatness")
 
@@ -42,12 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
-        data = load_prepared(Path(args.data))
-        chain = data.chain()
-        if chain is None:
-            raise TsdfmError(f"{args.data} is not a markov corpus (the exact denoiser needs one)")
-        oracle = MarkovOracleDenoiser(chain, data.seq_len)
-        x1 = torch.from_numpy(chain.sample(args.num, data.seq_len, seed=args.seed + 1)).long()
+        chain, oracle, seq_len = load_markov_oracle(args.data)
+        x1 = torch.from_numpy(chain.sample(args.num, seq_len, seed=args.seed + 1)).long()
         rows = {}
         for spec in args.model:
             name, sep, path = spec.partition("=")

@@ -89,8 +89,15 @@ def test_prepare_train_resume_sample(tmp_path, cfg_file, capsys):
         and meta["nfe_nominal"] == 8
         and meta["sampler"]["draw_precision"] == "float64"
     )
+    assert meta["sampler"]["temperature"] == 1.0
     assert main(["evaluate", "--samples", str(samples), "--data", str(data)]) == 0
     assert "truth-NLL" in capsys.readouterr().out
+    cold = tmp_path / "cold.jsonl"
+    argv = ["sample", "--model", str(out / "model"), "--steps", "8", "--num", "4"]
+    assert main([*argv, "--temperature", "0.5", "--out", str(cold)]) == 0
+    assert json.loads((tmp_path / "cold.meta.json").read_text())["sampler"]["temperature"] == 0.5
+    assert main([*argv, "--temperature", "0", "--out", str(cold)]) == 2
+    assert "temperature" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

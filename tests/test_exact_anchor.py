@@ -5,6 +5,7 @@ exactly (not the teacher network's) and it must refuse the settings where no exa
 exists (real text, the uniform source). The CLI run is in ``test_shaping_cli.py``.
 """
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -87,3 +88,25 @@ def test_oracle_gap_script(tmp_path, load_script):
     assert all(f"| t | {way} | " in table for way in ("forward", "reverse", "flatness"))
     assert "S = 4" in table
     assert script.main(["--data", str(data), "--model", "nonsense", "--out", str(tmp_path)]) == 2
+
+
+def test_target_bias_script(tmp_path, load_script):
+    """Driven by the exact denoiser, the probability-mixture link is unbiased (its error is
+    sampling noise that falls with R), while the logit average is sharper than the posterior."""
+    from tsdfm.data import prepare_data
+    from tsdfm.data.spec import DataSpec, MarkovSpec
+
+    data = tmp_path / "data"
+    markov = MarkovSpec(vocab_size=8, alpha=0.3, num_train=32, num_valid=8, num_test=8)
+    prepare_data(DataSpec(corpus="markov", seq_len=12, markov=markov), data)
+    script = load_script("target_bias")
+    args = ["--data", str(data), "--steps", "2", "--reps", "2", "64", "--num", "32"]
+    assert script.main([*args, "--methods", "rk4", "--out", str(tmp_path / "out")]) == 0
+    rows = json.loads((tmp_path / "out" / "target_bias.json").read_text())["rows"]
+    gap = {(r["space"], r["reps"]): r["gap"] for r in rows}
+    assert gap["probs", 64]["forward"]["2"] < gap["probs", 2]["forward"]["2"] / 8
+    assert abs(gap["probs", 64]["flatness"]["2"]) < 0.01
+    # deterministic given the seeds; measured -0.009 (logits) vs ~0 (probs)
+    assert gap["logits", 64]["flatness"]["2"] < min(-0.004, gap["probs", 64]["flatness"]["2"])
+    assert "| rk4/probs | 64 | flatness |" in (tmp_path / "out" / "target_bias.md").read_text()
+    assert script.main([*args, "--reps", "0", "--out", str(tmp_path / "x")]) == 2

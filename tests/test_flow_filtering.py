@@ -55,3 +55,16 @@ def test_combined_and_validation():
     for bad in ({"top_k": 0}, {"top_k": 1.5}, {"top_p": 0.0}, {"top_p": 1.2}):
         with pytest.raises(TsdfmError):
             filter_logits(logits, **bad)
+
+
+def test_temperature_divides_the_logits_before_truncation():
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    assert torch.equal(filter_logits(logits, temperature=1.0), logits)
+    torch.testing.assert_close(filter_logits(logits, temperature=0.5), 2 * logits)
+    # sharper first, so the nucleus of the sharpened distribution is smaller
+    p = 0.8
+    wide, narrow = filter_logits(logits, top_p=p), filter_logits(logits, top_p=p, temperature=0.3)
+    assert int(torch.isfinite(narrow).sum()) < int(torch.isfinite(wide).sum())
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True):
+        with pytest.raises(TsdfmError, match="temperature"):
+            filter_logits(logits, temperature=bad)

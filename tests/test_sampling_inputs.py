@@ -42,10 +42,11 @@ FRACTION = st.floats(allow_nan=True, allow_infinity=True) | st.none()
     seq_len=st.none() | st.integers(-2, L + 2) | ODD | HUGE,
     top_k=st.none() | st.integers(-2, V + 2) | ODD | HUGE,
     top_p=FRACTION,
+    temperature=FRACTION | st.just(1.0),
     seed=st.integers(0, 2**31),
 )
 def test_draw_samples_validates_every_input(
-    model_and_tokenizer, steps, num, batch_size, seq_len, top_k, top_p, seed
+    model_and_tokenizer, steps, num, batch_size, seq_len, top_k, top_p, temperature, seed
 ):
     try:
         s = draw_samples(
@@ -56,6 +57,7 @@ def test_draw_samples_validates_every_input(
             batch_size=batch_size,
             top_k=top_k,
             top_p=top_p,
+            temperature=temperature,
             seq_len=seq_len,
             progress=False,
             model_and_tokenizer=model_and_tokenizer,
@@ -75,6 +77,8 @@ def test_draw_samples_validates_every_input(
         ({"seq_len": L + 1}, f"at most {L}"),
         ({"top_k": math.inf}, "top_k"),
         ({"top_p": math.nan}, "top_p"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"temperature": math.inf}, "temperature"),
     ],
 )
 def test_bad_sampling_inputs_are_named(model_and_tokenizer, kw, message):

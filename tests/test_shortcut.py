@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tsdfm.config import StudentConfig, TrainConfig
+from tsdfm.errors import TsdfmError
 from tsdfm.flow import PolynomialScheduler, jump, switch_probability
 from tsdfm.models import Denoiser, DenoiserConfig, build_student
 from tsdfm.shaping import blind_jump, sample_step_and_time, shortcut_target, step_size_weights
@@ -105,6 +106,34 @@ def test_logit_target_is_sharper_than_probs():
     )
     ent = lambda logp: float(-(logp.exp() * logp).sum(-1).mean())  # noqa: E731
     assert ent(lp) < ent(pp)
+
+
+@pytest.mark.parametrize("space", ["probs", "logits"])
+def test_target_temperature_is_a_per_row_power(space):
+    """tau = 1 is the plain target bit for bit; tau < 1 is that target raised to 1/tau and
+    renormalised (the same midpoints: same seed), hence sharper."""
+    n = 200
+    x_t = torch.full((n, L), MASK)
+    x_t[:, 0] = 1
+    t, dt = torch.full((n,), 0.25), torch.full((n,), 0.5)
+
+    def target(**kw):
+        return shortcut_target(
+            oracle, x_t, t, dt, method="rk4", space=space, scheduler=SCHED, source="mask",
+            mask_id=MASK, jump_fn=blind_jump(SCHED, "mask", MASK),
+            generator=torch.Generator().manual_seed(3), **kw,
+        )  # fmt: skip
+
+    plain = target()
+    assert torch.equal(target(temperature=1.0), plain)
+    sharp = target(temperature=0.5)
+    torch.testing.assert_close(sharp, torch.log_softmax(2 * plain, dim=-1))
+    ent = lambda logp: float(-(logp.exp() * logp).sum(-1).mean())  # noqa: E731
+    assert ent(sharp) < ent(plain) - 0.01
+    with pytest.raises(TsdfmError, match="temperature"):
+        target(temperature=0.0)
+    with pytest.raises(TsdfmError, match="target_temperature"):
+        StudentConfig(target_temperature=-1.0).validate()
 
 
 def test_step_size_schemes():

@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--batch-size", type=int, default=64)
     smp.add_argument("--top-k", type=int, default=None)
     smp.add_argument("--top-p", type=float, default=None)
+    smp.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="divide the denoiser's logits by T before each jump (< 1 sharpens; default 1)",
+    )
     smp.add_argument("--no-cache", action="store_true", help="disable forward caching")
     smp.add_argument("--out", help="samples.jsonl to write (default: next to the model)")
     smp.add_argument("--show", type=int, default=8, help="how many samples to print")
@@ -226,6 +232,7 @@ def _run(args) -> int:
             cache=not args.no_cache,
             top_k=args.top_k,
             top_p=args.top_p,
+            temperature=args.temperature,
             model_and_tokenizer=loaded,
         )
         out = Path(

@@ -204,6 +204,9 @@ class StudentConfig:
     ``tsdfm.models.oracle``). The oracle anchor is the near-exact-teacher check of DESIGN.md
     section 3: with it the probability-mixture student should converge to the exact sampler's
     S-step marginals, so any remaining gap is the recipe's own, not the teacher's.
+    ``target_temperature``: tau < 1 sharpens every shortcut (non-anchor) target,
+    ``p ∝ target^(1/tau)``, against the flatness a learned model's probability mixture adds
+    per link (``tsdfm.shaping.shortcut``); 1 (default) leaves the recipe unchanged.
     """
 
     train: TrainConfig = field(
@@ -214,6 +217,7 @@ class StudentConfig:
     target: str = "rk4"
     target_space: str = "probs"
     anchor: str = "teacher"
+    target_temperature: float = 1.0
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
 
     def validate(self, where: str = "student") -> None:
@@ -225,6 +229,11 @@ class StudentConfig:
         _choice(self, where, "target", ("rk4", "heun"))
         _choice(self, where, "target_space", ("logits", "probs"))
         _choice(self, where, "anchor", ("teacher", "oracle"))
+        if not self.target_temperature > 0:
+            raise TsdfmError(
+                f"{where}.target_temperature must be > 0 (1 = off, < 1 sharpens the shortcut "
+                f"targets), got {self.target_temperature}"
+            )
         self.shaping.validate(f"{where}.shaping")
 
 

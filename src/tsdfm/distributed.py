@@ -119,8 +119,16 @@ def setup(device: str = "auto") -> DistContext:
 
 
 def shutdown() -> None:
-    """Leave the process group (end of a command); a no-op when none was joined."""
+    """Leave the process group (end of a command); a no-op when none was joined.
+
+    Every rank passes a barrier first. Without it a fast rank can tear down its gloo
+    connections while a slower one still has them open, and the slower rank's gloo threads
+    abort the process (``terminate called without an active exception``, SIGABRT) after the
+    work itself succeeded: seen once in CI at the end of a resumed 2-process run.
+    """
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

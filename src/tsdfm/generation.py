@@ -28,7 +28,7 @@ from tsdfm import __version__, distributed
 from tsdfm.artifacts import atomic_write_json, atomic_write_text, now_iso, read_json
 from tsdfm.distributed import derive_seed, make_generator
 from tsdfm.errors import TsdfmError
-from tsdfm.flow import make_scheduler, sample, sample_source
+from tsdfm.flow import filter_logits, make_scheduler, sample, sample_source
 from tsdfm.models import CausalLM, Denoiser, load_pretrained
 
 
@@ -82,18 +82,21 @@ def draw_samples(
     *,
     device: str | torch.device | None = None,
     seed_per_batch: bool | None = None,
+    temperature: float = 1.0,
 ) -> SampleSet:
     """Unconditional samples; the denoiser uses the exact finite-step sampler, a causal LM its
     KV cache. ``cache`` (forward caching) only applies to time-independent mask-source models.
 
-    ``device``: where to sample (default: where the model is; under torchrun, this rank's GPU
-    if there is one). ``seed_per_batch`` (default: on under torchrun, off otherwise) seeds every
+    ``temperature`` divides the denoiser's logits before every jump (``tsdfm.flow.filtering``);
+    a causal LM refuses anything but 1. ``device``: where to sample (default: where the model
+    is; under torchrun, this rank's GPU if there is one). ``seed_per_batch`` (default: on under torchrun, off otherwise) seeds every
     batch separately, see the module docstring.
     """
     for name, value in (("steps", steps), ("num", num), ("batch_size", batch_size)):
         _check_count(name, value)
     if seq_len is not None:
         _check_count("seq_len", seq_len)
+    filter_logits(torch.zeros(1), temperature=temperature)  # bad values fail before loading
     model, tok = model_and_tokenizer or load_pretrained(model_dir)
     if tok is None:
         raise TsdfmError(f"{model_dir} has no tokenizer/ directory; cannot decode samples")
@@ -114,10 +117,13 @@ def draw_samples(
     per_batch = ctx.enabled if seed_per_batch is None else bool(seed_per_batch)
     gen = make_generator(seed, dev)
     is_causal = isinstance(model, CausalLM)
+    if is_causal and temperature != 1.0:
+        raise TsdfmError(f"{model_dir} is a causal LM: sampling temperature applies to denoisers")
     use_cache = False if is_causal else can_cache(model, cache)
     starts = list(range(0, num, batch_size))
     mine = [k for k in range(len(starts)) if k % ctx.world_size == ctx.rank]
     show = progress and num <= batch_size and ctx.is_main
+    sampler_kw = dict(cache=cache, top_k=top_k, top_p=top_p, temperature=temperature)
     results = []  # (batch index, ids on the CPU, nominal nfe, actual nfe, rows forwarded)
     t0 = time.perf_counter()
     for k in mine:
@@ -130,9 +136,7 @@ def draw_samples(
             continue
         assert isinstance(model, Denoiser)
         x0 = sample_source((b, length), cfg.source, cfg.mask_id, cfg.num_classes, gen, dev)
-        res = sample_denoiser(
-            model, x0, steps, gen, cache=cache, top_k=top_k, top_p=top_p, progress=show
-        )
+        res = sample_denoiser(model, x0, steps, gen, progress=show, **sampler_kw)
         results.append((k, res.ids.cpu(), res.nfe_nominal, res.nfe_actual, res.nfe_per_sample * b))
     if ctx.enabled:
         results = sorted(
@@ -163,6 +167,7 @@ def draw_samples(
             "forward_cache": use_cache,
             "top_k": top_k,
             "top_p": top_p,
+            "temperature": temperature,
             "draw_precision": "float64",
         },
         "tokenizer_fingerprint": tok.fingerprint(),

@@ -1,4 +1,4 @@
-"""Top-k / nucleus (top-p) filtering of the raw denoiser logits.
+"""Temperature, top-k and nucleus (top-p) filtering of the raw denoiser logits.
 
 DESIGN section 7: any truncation is applied to the denoiser's output ``p(x1 | x_t, t)``,
 before it is turned into a jump, never to the jump distribution itself (truncating the
@@ -17,18 +17,32 @@ from torch import Tensor
 from tsdfm.errors import TsdfmError
 
 
-def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+def filter_logits(
+    logits: Tensor,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    temperature: float = 1.0,
+) -> Tensor:
     """Return ``logits [..., V]`` with every class outside the top-k / nucleus set to ``-inf``.
 
+    * ``temperature``: divide the logits by it first, ``p ∝ p^(1/T)`` (< 1 sharpens, > 1
+      flattens; 1 leaves them untouched). It traces a model's quality-diversity frontier:
+      gen-PPL against entropy at several T, so two models can be compared at equal entropy.
     * ``top_k``: keep the ``k`` largest logits of each row (exactly ``k``; ties broken by
       index order as ``torch.topk`` does).
     * ``top_p``: keep the smallest set of most likely classes whose total probability
       ``>= top_p``: sorted by probability, class ``j`` is kept iff the mass strictly before
       it is ``< top_p``. Probabilities are computed in float64.
 
-    Both may be given (top-k first, then the nucleus of what is left). ``None`` for both
-    returns ``logits`` unchanged.
+    All may be given (temperature, then top-k, then the nucleus of what is left). The
+    defaults return ``logits`` unchanged.
     """
+    if isinstance(temperature, bool) or not (
+        isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0
+    ):
+        raise TsdfmError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if temperature != 1.0:
+        logits = logits / temperature
     if top_k is not None:
         whole = isinstance(top_k, numbers.Real) and math.isfinite(top_k) and top_k == int(top_k)
         if isinstance(top_k, bool) or not whole or top_k < 1:

@@ -122,6 +122,7 @@ def sample(
     cache: bool = False,
     top_k: int | None = None,
     top_p: float | None = None,
+    temperature: float = 1.0,
     jump_rule: str = "exact",
     clamp: Tensor | None = None,
     record_trajectory: bool = False,
@@ -149,7 +150,7 @@ def sample(
             "changes with every step); use cache=False"
         )
     clamp = _check_inputs(x0, mask_id, clamp)
-    filter_logits(torch.zeros(1), top_k, top_p)  # validate before any model call
+    filter_logits(torch.zeros(1), top_k, top_p, temperature)  # validate before any model call
     starts, sizes = _time_grid(steps, time_grid)
 
     batch, device = x0.shape[0], x0.device
@@ -192,7 +193,7 @@ def sample(
                     seen[rows] = x[rows]
                 logits = cached
 
-            logits = filter_logits(logits, top_k, top_p)
+            logits = filter_logits(logits, top_k, top_p, temperature)
             x = jump(x, logits, t_k, h_k, scheduler, source, mask_id, generator, jump_rule, clamp)
             if trajectory is not None:
                 trajectory.append(x.cpu().clone())

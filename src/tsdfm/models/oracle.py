@@ -18,6 +18,8 @@ sampler that beats it must deviate from the true marginals on purpose (DESIGN.md
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -80,4 +82,16 @@ class MarkovOracleDenoiser(nn.Module):
         return post.clamp_min(1e-300).log().to(torch.float32)
 
 
-__all__ = ["MarkovOracleDenoiser"]
+def load_markov_oracle(data_dir: str | Path) -> tuple[MarkovChain, MarkovOracleDenoiser, int]:
+    """``(chain, exact denoiser, seq_len)`` of a prepared ``markov`` corpus; a clear error for
+    any other corpus (only a known chain has an exact posterior)."""
+    from tsdfm.data import load_prepared
+
+    data = load_prepared(Path(data_dir))
+    chain = data.chain()
+    if chain is None:
+        raise TsdfmError(f"{data_dir} is not a markov corpus (the exact denoiser needs one)")
+    return chain, MarkovOracleDenoiser(chain, data.seq_len), data.seq_len
+
+
+__all__ = ["MarkovOracleDenoiser", "load_markov_oracle"]

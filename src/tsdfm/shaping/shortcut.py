@@ -26,6 +26,16 @@ Two ways to combine them (``space``):
   in expectation: a student trained on it reproduces the teacher at equal steps (a correctness
   check), and only *biased* midpoints -- trajectory shaping -- can move it elsewhere.
 
+``temperature`` (tau, default 1: off) sharpens the combined target, ``p ∝ mix^(1/tau)`` in
+probability space (``log_softmax(mix / tau)`` for logits). Why it exists: on the exact
+benchmark one link of the probability mixture driven by the *exact* denoiser is unbiased
+(its expectation over midpoints converges to the exact posterior), but driven by a learned,
+slightly wrong model it is flatter than the posterior (Jensen: averaging ``softmax(l + e)`` over
+midpoint-dependent errors ``e`` spreads mass), and the shortcut chain compounds that flatness
+link by link (docs/results/markov-exact-anchor/). ``tau < 1`` counters it per link; it applies
+only to the shortcut rows, never to the anchor rows, so it compounds to ``tau^j`` at ``j``
+links above the anchor.
+
 In both spaces, a position that is no longer at the source token in the midpoint a k_i was
 evaluated on contributes k1 in place of k_i: it has already jumped, so k_i (the denoiser's
 output at a committed position, which a mask-source model is never trained on) says nothing
@@ -129,8 +139,11 @@ def shortcut_target(
     mask_id: int,
     jump_fn: JumpFn,
     generator: torch.Generator,
+    temperature: float = 1.0,
 ) -> Tensor:
     """Target log-probabilities ``[B, L, C]`` (float32) for a step of size ``dt`` from ``x_t``."""
+    if not temperature > 0:
+        raise TsdfmError(f"target temperature must be > 0, got {temperature}")
     if method not in ("rk4", "heun"):
         raise TsdfmError(f"unknown shortcut method {method!r}; choose rk4 or heun")
     if space not in ("logits", "probs"):
@@ -166,9 +179,10 @@ def shortcut_target(
     for w, k, state in zip(weights, ks, states, strict=True):
         live = _at_source(state, source, mask_id).unsqueeze(-1)
         mix = mix + _bcast(w, k1) * torch.where(live, to_space(k), first)
-    if space == "logits":
-        return torch.log_softmax(mix, dim=-1)
-    return mix.clamp_min(1e-30).log()
+    logp = mix if space == "logits" else mix.clamp_min(1e-30).log()
+    if space == "logits" or temperature != 1.0:
+        logp = torch.log_softmax(logp / temperature, dim=-1)
+    return logp
 
 
 def _bcast(w: float | Tensor, like: Tensor) -> float | Tensor:

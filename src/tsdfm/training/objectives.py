@@ -164,6 +164,7 @@ class ShortcutObjective:
                     mask_id=self.mask_id,
                     jump_fn=self.jump_fn,
                     generator=generator,
+                    temperature=self.cfg.target_temperature,
                 )
         return target, anchor
 
