@@ -45,11 +45,12 @@ class MeanTarget(nn.Module):
     def __init__(self, oracle: nn.Module, method: str, space: str, reps: int, seed: int):
         super().__init__()
         self.oracle, self.method, self.space, self.reps = oracle, method, space, reps
-        self.scheduler = make_scheduler("polynomial", 1.0)
         v = oracle.vocab_size
+        # the path settings oracle_gap reads from a model's config; markov's linear schedule
         self.config = types.SimpleNamespace(
-            scheduler="polynomial", exponent=1.0, mask_id=v, num_classes=v, source="mask"
+            scheduler="polynomial", exponent=1.0, mask_id=v, num_classes=v
         )
+        self.scheduler = make_scheduler(self.config.scheduler, self.config.exponent)
         self.jump = blind_jump(self.scheduler, "mask", v)
         self.generator = torch.Generator().manual_seed(seed)
 
