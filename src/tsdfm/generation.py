@@ -89,8 +89,8 @@ def draw_samples(
 
     ``temperature`` divides the denoiser's logits before every jump (``tsdfm.flow.filtering``);
     a causal LM refuses anything but 1. ``device``: where to sample (default: where the model
-    is; under torchrun, this rank's GPU if there is one). ``seed_per_batch`` (default: on under torchrun, off otherwise) seeds every
-    batch separately, see the module docstring.
+    is; under torchrun, this rank's GPU if there is one). ``seed_per_batch`` (default: on
+    under torchrun, off otherwise) seeds every batch separately, see the module docstring.
     """
     for name, value in (("steps", steps), ("num", num), ("batch_size", batch_size)):
         _check_count(name, value)
