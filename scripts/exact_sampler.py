@@ -9,6 +9,11 @@ the model's. See ``tsdfm.models.oracle``. Usage::
 
 Writes ``exact_<steps>.jsonl`` (+ ``.meta.json``, method ``exact``) beside the other rows, so
 ``scripts/student_study.py --eval-only`` evaluates them with everything else.
+
+``--temperature T ...`` samples the exact posterior sharpened (T < 1) or flattened (T > 1) before
+every jump, into ``exact-T<T>_<steps>.jsonl``: what a *perfect* teacher scores when it may
+deviate from the true marginals by a temperature, i.e. how far below the exact sampler's
+few-step n-gram TV such a deliberate distortion of the target can reach.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from tsdfm.data import load_prepared
 from tsdfm.errors import TsdfmError
 from tsdfm.flow import make_scheduler, sample, sample_source
 from tsdfm.generation import SampleSet, write_samples
-from tsdfm.models.oracle import MarkovOracleDenoiser
+from tsdfm.models.oracle import MarkovOracleDenoiser, load_markov_oracle
 
 
 def main() -> None:
@@ -35,57 +40,72 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--seed", type=int, default=4321)
-    ap.add_argument("--out", required=True, help="folder for exact_<steps>.jsonl")
+    ap.add_argument(
+        "--temperature",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="temperatures applied to the exact posterior before every jump (default 1)",
+    )
+    ap.add_argument("--out", required=True, help="folder for exact[-T<T>]_<steps>.jsonl")
     args = ap.parse_args()
+    if any(not t > 0 for t in args.temperature):
+        raise SystemExit(f"error: temperatures must be > 0, got {args.temperature}")
 
-    data = load_prepared(Path(args.data))
-    chain = data.chain()
-    if chain is None:
-        raise SystemExit(
-            f"error: {args.data} is not a markov corpus (the exact denoiser needs one)"
-        )
-    L, tok = data.seq_len, data.tokenizer
     try:
-        oracle = MarkovOracleDenoiser(chain, L)
+        _, oracle, seq_len = load_markov_oracle(args.data)
     except TsdfmError as e:
         raise SystemExit(f"error: {e}") from e
+    tok = load_prepared(Path(args.data)).tokenizer
+    for temp in args.temperature:
+        for steps in args.steps:
+            ids, meta = _draw(oracle, seq_len, steps, temp, args)
+            meta["tokenizer_fingerprint"] = tok.fingerprint()
+            name = "exact" if temp == 1.0 else f"exact-T{temp:g}"
+            path = write_samples(
+                Path(args.out) / f"{name}_{steps}.jsonl",
+                SampleSet(ids, tok.decode_batch(ids), meta),
+            )
+            print(f"exact denoiser T={temp:g} @ {steps} steps -> {path}")
+
+
+def _draw(oracle: MarkovOracleDenoiser, L: int, steps: int, temp: float, args) -> tuple:
+    """``args.num`` sequences from the exact posterior at ``steps`` jumps and temperature
+    ``temp`` (one generator seeded with ``args.seed`` per row), and their provenance."""
     sched = make_scheduler("polynomial", 1.0)
-    for steps in args.steps:
-        gen = torch.Generator().manual_seed(args.seed)
-        chunks, t0, nfe = [], time.perf_counter(), 0
-        for start in range(0, args.num, args.batch_size):
-            b = min(args.batch_size, args.num - start)
-            x0 = sample_source((b, L), "mask", oracle.mask_id, oracle.mask_id, gen)
-            res = sample(oracle, x0, steps, sched, "mask", oracle.mask_id, gen, cache=True)
-            chunks.append(res.ids)
-            nfe = max(nfe, res.nfe_actual)
-        ids = torch.cat(chunks)
-        meta = {
-            "model": f"exact denoiser of the markov chain ({args.data})",
-            "model_type": "oracle",
-            "method": "exact",
-            "label": "exact denoiser",
-            "source": "mask",
-            "steps": steps,
-            "num_samples": args.num,
-            "seq_len": L,
-            "seed": args.seed,
-            "sampler": {
-                "kind": "dfm-exact-jump",
-                "forward_cache": True,
-                "draw_precision": "float64",
-            },
-            "tokenizer_fingerprint": tok.fingerprint(),
-            "nfe_nominal": steps,
-            "nfe_actual": nfe,
-            "seconds": round(time.perf_counter() - t0, 4),
-            "created": now_iso(),
-            "tsdfm_version": __version__,
-        }
-        path = write_samples(
-            Path(args.out) / f"exact_{steps}.jsonl", SampleSet(ids, tok.decode_batch(ids), meta)
+    gen = torch.Generator().manual_seed(args.seed)
+    chunks, t0, nfe = [], time.perf_counter(), 0
+    for start in range(0, args.num, args.batch_size):
+        b = min(args.batch_size, args.num - start)
+        x0 = sample_source((b, L), "mask", oracle.mask_id, oracle.mask_id, gen)
+        res = sample(
+            oracle, x0, steps, sched, "mask", oracle.mask_id, gen, cache=True, temperature=temp
         )
-        print(f"exact denoiser @ {steps} steps -> {path}")
+        chunks.append(res.ids)
+        nfe = max(nfe, res.nfe_actual)
+    meta = {
+        "model": f"exact denoiser of the markov chain ({args.data})",
+        "model_type": "oracle",
+        "method": "exact",
+        "label": "exact denoiser",
+        "source": "mask",
+        "steps": steps,
+        "num_samples": args.num,
+        "seq_len": L,
+        "seed": args.seed,
+        "sampler": {
+            "kind": "dfm-exact-jump",
+            "forward_cache": True,
+            "temperature": temp,
+            "draw_precision": "float64",
+        },
+        "nfe_nominal": steps,
+        "nfe_actual": nfe,
+        "seconds": round(time.perf_counter() - t0, 4),
+        "created": now_iso(),
+        "tsdfm_version": __version__,
+    }
+    return torch.cat(chunks), meta
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ Usage (the exact benchmark)::
     # several workers on disjoint arms/seeds (--no-eval), then one evaluation of everything
     python scripts/student_study.py --config configs/markov.yaml --run-dir runs/markov \\
         --out docs/results/markov-shaping --eval-only
+    # equal-temperature comparison: every row also sampled sharpened (rows "blind T=0.85", ...)
+    python scripts/student_study.py --config configs/markov.yaml --run-dir runs/markov \
+        --arm "blind=student.target_space=probs" --seeds 0 1 2 --teacher-steps 8 \
+        --student-steps 8 --temperatures 0.85 0.9 --out docs/results/markov-shaping/temperature
     # tabulate another evaluation of the same samples (`tsdfm evaluate --evaluators smollm2-135m`)
     python scripts/student_study.py --summarise docs/results/STUDY/smollm2/results.json
 
@@ -30,12 +34,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from tsdfm.config import load_config
+from tsdfm.errors import TsdfmError
+from tsdfm.evaluation.harness import temperature_tag
 from tsdfm.generation import draw_samples, meta_path, write_samples
 from tsdfm.training.student import shaping_setup, train_student
 
@@ -54,6 +61,14 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--sample-seed", type=int, default=4321)
+    ap.add_argument(
+        "--temperatures",
+        nargs="+",
+        type=float,
+        default=[1.0],
+        help="sampling temperatures for every teacher and student row (default 1); rows at "
+        "T != 1 are written as NAME-T<T>_<steps>.jsonl and tabulated as their own arm",
+    )
     ap.add_argument("--evaluators", nargs="*", default=None)
     ap.add_argument(
         "--eval-only",
@@ -100,21 +115,30 @@ def main() -> None:
     files = []
     kw = dict(num=args.num, seed=args.sample_seed, batch_size=args.batch_size, progress=progress)
 
-    def sample_once(model_dir: Path, steps: int, path: Path) -> None:
-        """Draw unless a file with the same provenance (model, steps, N, seed) exists."""
-        if path.is_file() and meta_path(path).is_file():
-            meta = json.loads(meta_path(path).read_text())
-            same = (meta.get("model"), meta.get("num_samples"), meta.get("seed"))
-            if same == (str(model_dir), args.num, args.sample_seed) and meta.get("steps") == steps:
-                files.append(path)
-                return
-        files.append(write_samples(path, draw_samples(model_dir, steps=steps, **kw)))
+    def sample_once(model_dir: Path, steps: int, name: str) -> None:
+        """Draw at every temperature unless a file with the same provenance (model, steps, N,
+        seed, temperature) exists."""
+        for temp in args.temperatures:
+            tag = "" if temp == 1.0 else f"-T{temp:g}"
+            path = out / "samples" / f"{name}{tag}_{steps}.jsonl"
+            if path.is_file() and meta_path(path).is_file():
+                meta = json.loads(meta_path(path).read_text())
+                same = (meta.get("model"), meta.get("num_samples"), meta.get("seed"))
+                temp_was = (meta.get("sampler") or {}).get("temperature", 1.0)
+                if same == (str(model_dir), args.num, args.sample_seed) and (
+                    meta.get("steps"),
+                    temp_was,
+                ) == (steps, temp):
+                    files.append(path)
+                    continue
+            draw = draw_samples(model_dir, steps=steps, temperature=temp, **kw)
+            files.append(write_samples(path, draw))
 
     if args.eval_only:  # arms trained with different seed sets: evaluate what is there
         files = sorted((out / "samples").glob("*.jsonl"), key=_row_order)
         args.teacher_steps, args.spaces, args.arm = [], [], []
     for steps in args.teacher_steps:
-        sample_once(teacher, steps, out / "samples" / f"teacher_{steps}.jsonl")
+        sample_once(teacher, steps, "teacher")
     arms = [(sp, [f"student.target_space={sp}"]) for sp in args.spaces]
     for spec in args.arm:
         name, _, rest = spec.partition("=")
@@ -145,7 +169,7 @@ def main() -> None:
                     extra={**(extra or {}), "label": f"{arm_name} s{seed}"},
                 )
             for steps in args.student_steps:
-                sample_once(sdir / "model", steps, out / "samples" / f"{name}_{steps}.jsonl")
+                sample_once(sdir / "model", steps, name)
 
     if args.no_eval:
         return
@@ -179,10 +203,11 @@ def _row_order(path: Path) -> tuple:
 
 
 def summarise(results: dict, baseline: str | None = "blind") -> str:
-    """Mean and spread (min..max) over seeds for each (label without seed, steps)."""
+    """Mean and spread (min..max) over seeds for each (label without seed, steps); a row
+    sampled at a temperature other than 1 is its own group (``blind T=0.9``)."""
     groups: dict[tuple, list[dict]] = {}
     for r in results["rows"]:
-        label = (r.get("arm") or r["method"]).split(" s")[0]
+        label = (r.get("arm") or r["method"]).split(" s")[0] + temperature_tag(r)
         groups.setdefault((label, r.get("steps")), []).append(r)
     columns = _summary_columns(results)
     lines = [
@@ -225,6 +250,9 @@ def _summary_columns(results: dict) -> list[tuple[str, object]]:
     return cols + [("entropy", lambda r: r.get("entropy"))]
 
 
+_T_TAG = r" T=[0-9.]+$"  # the tag temperature_tag() appends to a row sampled at T != 1
+
+
 def excess_tv_table(groups: dict, floor: dict, baseline: str | None) -> list[str]:
     """Issue 5's criterion: the k+1-gram TV above the floor (TV of as many true chain samples),
     each arm's ratio to the baseline arm's at the same steps, whether the gap between the two
@@ -232,15 +260,22 @@ def excess_tv_table(groups: dict, floor: dict, baseline: str | None) -> list[str
     be mode-seeking)."""
     order = str(floor.get("ngram_order") or 2)
     tv_floor, nll_data = floor["ngram_tv"][order], floor.get("truth_nll")
+    tempered = any(re.search(_T_TAG, label) for label, _ in groups)
     lines = [
         "",
         f"Excess {order}-gram TV over the floor ({tv_floor:.4f}); ratio to `{baseline}` at the "
         "same steps; 'separated' = the arms' seed ranges do not overlap; truth-NLL vs data's "
-        f"({nll_data:.4f}).",
+        f"({nll_data:.4f})."
+        + (
+            f" 'at equal T': ratio to `{baseline}` sampled at the same temperature."
+            if tempered
+            else ""
+        ),
         "",
         "| arm | steps | seeds | excess TV mean (min..max) | ratio to baseline | separated "
-        "| truth-NLL vs data |",
-        "|---|---|---|---|---|---|---|",
+        + ("| at equal T " if tempered else "")
+        + "| truth-NLL vs data |",
+        "|---" * (8 if tempered else 7) + "|",
     ]
 
     def excess(rows):
@@ -260,9 +295,17 @@ def excess_tv_table(groups: dict, floor: dict, baseline: str | None) -> list[str
         nll = [r["truth_nll"] for r in rows if r.get("truth_nll") is not None]
         rel = f"{100 * (np.mean(nll) / nll_data - 1):+.1f}%" if nll and nll_data else "–"
         spread = f" ({min(ex):.4f}..{max(ex):.4f})" if len(ex) > 1 else ""
+        same_t = ""
+        if tempered:
+            tag = re.search(_T_TAG, label)
+            peer_label = f"{baseline}{tag.group(0) if tag else ''}"
+            peer = excess(groups.get((peer_label, steps), [])) if baseline else []
+            same_t = "– | "
+            if peer and label != peer_label:
+                same_t = f"{np.mean(ex) / np.mean(peer):.3f} | "
         lines.append(
             f"| {label} | {steps} | {len(rows)} | {np.mean(ex):.4f}{spread} | {ratio} | "
-            f"{separated} | {rel} |"
+            f"{separated} | {same_t}{rel} |"
         )
     return lines
 
@@ -314,4 +357,7 @@ def gen_ppl_change_table(groups: dict, baseline: str, evaluators: list[str]) -> 
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TsdfmError as e:  # a bad input (missing file, wrong data): one clear line
+        raise SystemExit(f"error: {e}") from e

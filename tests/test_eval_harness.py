@@ -225,3 +225,37 @@ def test_plot_series_one_line_per_arm_across_seeds():
         {"method": "teacher", "source": "uniform"},
     ]
     assert [_series_key(r) for r in rows] == ["probs", "probs", "logits", "teacher (uniform)"]
+
+
+def test_rows_sampled_at_another_temperature_are_their_own_series():
+    from tsdfm.evaluation.harness import temperature_tag
+    from tsdfm.evaluation.plots import _series_key
+
+    meta = {"method": "blind", "label": "probs s0", "sampler": {"temperature": 0.85}}
+    row = describe(meta)
+    assert row["temperature"] == 0.85 and temperature_tag(row) == " T=0.85"
+    assert _series_key(row) == "probs T=0.85"
+    # T = 1 and files written before the sampler recorded a temperature keep the plain name
+    assert temperature_tag(describe({"sampler": {"temperature": 1.0}})) == ""
+    assert _series_key(describe({"method": "teacher", "source": "mask"})) == "teacher (mask)"
+
+
+def test_exact_sampler_script_writes_one_labelled_file_per_temperature(
+    markov, tmp_path, load_script, monkeypatch
+):
+    import sys
+
+    from tsdfm.generation import read_samples
+
+    argv = ["x", "--data", str(markov.directory), "--steps", "2", "--num", "64"]
+    argv += ["--batch-size", "32", "--temperature", "1", "0.5", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_script("exact_sampler").main()
+    ids1, _, meta1 = read_samples(tmp_path / "exact_2.jsonl")
+    ids05, _, meta05 = read_samples(tmp_path / "exact-T0.5_2.jsonl")
+    assert meta1["sampler"]["temperature"] == 1.0 and meta05["sampler"]["temperature"] == 0.5
+    assert describe(meta05)["arm"] == "exact denoiser" and meta05["nfe_nominal"] == 2
+    assert ids1.shape == ids05.shape == (64, L) and not torch.equal(ids1, ids05)
+    monkeypatch.setattr(sys, "argv", argv[:-3] + ["0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="temperatures must be > 0"):
+        load_script("exact_sampler").main()

@@ -74,3 +74,36 @@ def test_summarise_only_tabulates_an_existing_results_file(
     with pytest.raises(SystemExit):
         script.main()
     assert "required: --config, --run-dir, --out" in capsys.readouterr().err
+
+
+def test_rows_at_other_sampling_temperatures_are_not_pooled_as_seeds(load_script):
+    def row(arm, temperature, tv):
+        r = {"method": "blind", "arm": arm, "steps": 8, "truth_nll": 2.5, "entropy": 3.4}
+        return {**r, "temperature": temperature, "ngram_tv": {"2": tv, "3": 0.2}}
+
+    rows = [row("blind s0", 1.0, 0.13), row("blind s1", None, 0.14), row("blind s0", 0.85, 0.1)]
+    table = load_script("student_study").summarise({"rows": rows}, baseline=None)
+    assert "| blind | 8 | 2 | 2.5000 (2.5000..2.5000) | 3.4000 (3.4000..3.4000) | 0.1350" in table
+    assert "| blind T=0.85 | 8 | 1 | 2.5000 | 3.4000 | 0.1000 | 0.2000 |" in table
+
+
+def test_excess_tv_is_also_compared_with_the_baseline_at_the_same_temperature(load_script):
+    def row(arm, temperature, tv):
+        r = {"method": "x", "arm": arm, "steps": 8, "truth_nll": 2.0, "entropy": 3.4}
+        return {**r, "temperature": temperature, "ngram_tv": {"2": tv}}
+
+    results = {
+        "rows": [
+            {"method": "data", "steps": None, "truth_nll": 1.9, "ngram_tv": {"2": 0.02}},
+            row("blind s0", 1.0, 0.12),
+            row("blind s0", 0.9, 0.10),
+            row("shaped s0", 1.0, 0.11),
+            row("shaped s0", 0.9, 0.08),
+        ]
+    }
+    lines = load_script("student_study").summarise(results, baseline="blind").splitlines()
+    by_arm = {line.split(" | ")[0]: line for line in lines if line.startswith("| ")}
+    # excess over the 0.02 floor: blind 0.10 / 0.08, shaped 0.09 / 0.06
+    assert by_arm["| shaped"].endswith("| 0.900 | yes | 0.900 | +5.3% |")
+    shaped_t = [line for line in lines if line.startswith("| shaped T=0.9 | 8 | 1 | 0.0600 |")]
+    assert shaped_t == ["| shaped T=0.9 | 8 | 1 | 0.0600 | 0.600 | yes | 0.750 | +5.3% |"]

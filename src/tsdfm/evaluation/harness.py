@@ -65,6 +65,7 @@ def describe(meta: dict[str, Any]) -> dict[str, Any]:
         "steps": meta.get("steps"),
         "candidates": candidates,
         "compass": compass,
+        "temperature": (meta.get("sampler") or {}).get("temperature"),
         "nfe_nominal": meta.get("nfe_nominal"),
         "nfe_actual": meta.get("nfe_actual"),
         # The plain (uncached) sampler is the honest baseline; the cached time sits beside it.
@@ -74,6 +75,16 @@ def describe(meta: dict[str, Any]) -> dict[str, Any]:
         ),
         "tokens_per_second": meta.get("tokens_per_second"),
     }
+
+
+def temperature_tag(row: dict[str, Any]) -> str:
+    """``" T=0.9"`` for a row sampled at a temperature other than 1, else ``""``.
+
+    Rows of one model at several sampling temperatures (an equal-entropy comparison) must not
+    be grouped as seeds of one arm: every table and plot appends this tag to the row's name.
+    """
+    t = row.get("temperature")
+    return "" if t is None or float(t) == 1.0 else f" T={float(t):g}"
 
 
 def measure(sf: SampleFile, evaluators: dict[str, Evaluator], verbose: bool = True) -> dict:

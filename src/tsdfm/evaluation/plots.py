@@ -17,18 +17,20 @@ from typing import Any
 
 import numpy as np
 
+from tsdfm.evaluation.harness import temperature_tag
+
 
 def _series_key(row: dict[str, Any]) -> str:
     """One line per arm (a study's arm label without its seed), else per method / source / K."""
     arm = row.get("arm")
     if arm:
-        return re.sub(r" s\d+$", "", arm)
+        return re.sub(r" s\d+$", "", arm) + temperature_tag(row)
     key = row["method"]
     if row.get("source"):
         key += f" ({row['source']})"
     if row.get("candidates") and row["candidates"] != 1:
         key += f" K={row['candidates']}"
-    return key
+    return key + temperature_tag(row)
 
 
 def _axes(n: int, plt):

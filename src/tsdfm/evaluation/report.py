@@ -26,6 +26,7 @@ from typing import Any
 
 from tsdfm import __version__
 from tsdfm.artifacts import atomic_write_json, atomic_write_text, now_iso
+from tsdfm.evaluation.harness import temperature_tag
 
 ROW_KEYS = (
     "method",
@@ -140,7 +141,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
-            r.get("label") or r["method"],
+            (r.get("label") or r["method"]) + temperature_tag(r),
             r["method"],
             _fmt(r["source"]),
             _fmt(r["steps"]),
