@@ -107,3 +107,21 @@ def test_excess_tv_is_also_compared_with_the_baseline_at_the_same_temperature(lo
     assert by_arm["| shaped"].endswith("| 0.900 | yes | 0.900 | +5.3% |")
     shaped_t = [line for line in lines if line.startswith("| shaped T=0.9 | 8 | 1 | 0.0600 |")]
     assert shaped_t == ["| shaped T=0.9 | 8 | 1 | 0.0600 | 0.600 | yes | 0.750 | +5.3% |"]
+
+
+def test_temperature_frontier_averages_seeds_per_family_and_temperature(load_script, tmp_path):
+    def row(arm, temperature, entropy, tv):
+        r = {"method": "x", "arm": arm, "steps": 8, "truth_nll": 2.0 + tv, "entropy": entropy}
+        return {**r, "temperature": temperature, "ngram_tv": {"2": tv}}
+
+    data = {"method": "data", "truth_nll": 1.9, "entropy": 3.5, "ngram_tv": {"2": 0.02}}
+    data["ngram_order"] = 2
+    rows = [data, row("blind s0", None, 3.4, 0.12), row("blind s1", 1.0, 3.6, 0.14)]
+    rows += [row("blind s0", 0.9, 3.3, 0.10), row("shaped s0", 1.0, 3.2, 0.11)]
+    script = load_script("temperature_frontier")
+    fams, got_data = script.families({"rows": rows})
+    assert got_data is data and list(fams) == ["blind", "shaped"]
+    (t09, t1) = fams["blind"]
+    assert t09[:2] == (0.9, 1) and t1[:2] == (1.0, 2)
+    assert t1[2] == 3.5 and abs(t1[3] - 2.13) < 1e-12 and abs(t1[4] - 0.11) < 1e-12
+    assert script.plot(fams, data, tmp_path / "f.png").stat().st_size > 0
