@@ -15,8 +15,8 @@ Usage (the exact benchmark)::
     python scripts/student_study.py --config configs/markov.yaml --run-dir runs/markov \\
         --out docs/results/markov-shaping --eval-only
     # equal-temperature comparison: every row also sampled sharpened (rows "blind T=0.85", ...)
-    python scripts/student_study.py --config configs/markov.yaml --run-dir runs/markov \
-        --arm "blind=student.target_space=probs" --seeds 0 1 2 --teacher-steps 8 \
+    python scripts/student_study.py --config configs/markov.yaml --run-dir runs/markov \\
+        --arm "blind=student.target_space=probs" --seeds 0 1 2 --teacher-steps 8 \\
         --student-steps 8 --temperatures 0.85 0.9 --out docs/results/markov-shaping/temperature
     # tabulate another evaluation of the same samples (`tsdfm evaluate --evaluators smollm2-135m`)
     python scripts/student_study.py --summarise docs/results/STUDY/smollm2/results.json
@@ -123,12 +123,9 @@ def main() -> None:
             path = out / "samples" / f"{name}{tag}_{steps}.jsonl"
             if path.is_file() and meta_path(path).is_file():
                 meta = json.loads(meta_path(path).read_text())
-                same = (meta.get("model"), meta.get("num_samples"), meta.get("seed"))
-                temp_was = (meta.get("sampler") or {}).get("temperature", 1.0)
-                if same == (str(model_dir), args.num, args.sample_seed) and (
-                    meta.get("steps"),
-                    temp_was,
-                ) == (steps, temp):
+                have = [meta.get(k) for k in ("model", "num_samples", "seed", "steps")]
+                have.append((meta.get("sampler") or {}).get("temperature", 1.0))
+                if have == [str(model_dir), args.num, args.sample_seed, steps, temp]:
                     files.append(path)
                     continue
             draw = draw_samples(model_dir, steps=steps, temperature=temp, **kw)
