@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from tsdfm.evaluation.harness import without_seed
 
 
 def families(results: dict) -> tuple[dict[str, list[tuple]], dict]:
@@ -36,7 +37,7 @@ def families(results: dict) -> tuple[dict[str, list[tuple]], dict]:
     for r in rows:
         if r["method"] == "data" or r.get("truth_nll") is None:
             continue
-        name = re.sub(r" s\d+$", "", r.get("arm") or r["method"])
+        name = without_seed(r.get("arm") or r["method"])
         groups[(name, float(r.get("temperature") or 1.0))].append(r)
     out: dict[str, list[tuple]] = defaultdict(list)
     for (name, temp), rs in groups.items():

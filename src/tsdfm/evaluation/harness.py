@@ -22,6 +22,7 @@ tokenizer would decode to different, meaningless text and still produce numbers.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,11 @@ def describe(meta: dict[str, Any]) -> dict[str, Any]:
         ),
         "tokens_per_second": meta.get("tokens_per_second"),
     }
+
+
+def without_seed(label: str) -> str:
+    """A study's arm label without its training seed: ``"ar-k4 s2"`` -> ``"ar-k4"``."""
+    return re.sub(r" s\d+$", "", label)
 
 
 def temperature_tag(row: dict[str, Any]) -> str:

@@ -10,21 +10,20 @@
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tsdfm.evaluation.harness import temperature_tag
+from tsdfm.evaluation.harness import temperature_tag, without_seed
 
 
 def _series_key(row: dict[str, Any]) -> str:
     """One line per arm (a study's arm label without its seed), else per method / source / K."""
     arm = row.get("arm")
     if arm:
-        return re.sub(r" s\d+$", "", arm) + temperature_tag(row)
+        return without_seed(arm) + temperature_tag(row)
     key = row["method"]
     if row.get("source"):
         key += f" ({row['source']})"
