@@ -96,6 +96,18 @@ def test_resume_is_exact(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_stop_at_step_replays_a_capped_run(tmp_path):
+    """A run cut short at step 13 keeps the full schedule: its losses are the first 13 of the
+    uncut run's, and it ends like a time cap (final checkpoint, model shipped)."""
+    make_trainer(tmp_path / "a").fit()
+    cut = make_trainer(tmp_path / "b", stop_at_step=13).fit()
+    assert cut.steps == 13 and not cut.interrupted
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")[:13]
+    assert (tmp_path / "b/checkpoints/step_0000013.pt").exists()
+    with pytest.raises(TsdfmError, match="stop_at_step"):
+        TrainConfig(stop_at_step=-1).validate("teacher.train")
+
+
 def test_sigterm_saves_and_resumes(tmp_path):
     ref_tr = make_trainer(tmp_path / "a")
     ref_tr.fit()

@@ -93,6 +93,10 @@ class TrainConfig:
     # Wall-clock cap in minutes of training compute (0 = none): the run ends early at a step
     # boundary, with a final checkpoint and model, when a shared machine is slower than planned.
     max_minutes: float = 0.0
+    # End the run after this step (0 = never) exactly as the time cap would, schedule unchanged:
+    # replays a time-capped run (its summary.json records the step it reached) bit for bit,
+    # since the wall clock, not the arithmetic, is what differs between machines.
+    stop_at_step: int = 0
     # Which weights the stage ships: the EMA, the raw weights, or (auto) whichever has the lower
     # validation loss at the end. A slow EMA lags a short run (DESIGN's tiny CPU budgets).
     ship: str = "auto"
@@ -117,7 +121,14 @@ class TrainConfig:
             )
         _positive(self, where, "ckpt_every", "keep_checkpoints", "log_every", "max_bad_steps")
         _nonneg(
-            self, where, "warmup_steps", "weight_decay", "grad_clip", "num_threads", "max_minutes"
+            self,
+            where,
+            "warmup_steps",
+            "weight_decay",
+            "grad_clip",
+            "num_threads",
+            "max_minutes",
+            "stop_at_step",
         )
         for name in ("ema_decay", "beta1", "beta2", "min_lr_ratio"):
             v = getattr(self, name)

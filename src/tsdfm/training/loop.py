@@ -544,17 +544,25 @@ class Trainer:
                 due = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
                 if due and consecutive_bad == 0:
                     self.save_checkpoint()
-                over_budget = cfg.max_minutes > 0 and self.elapsed > 60 * cfg.max_minutes
-                over_budget, stopped = self._agree(over_budget, stop.signum is not None)
+                out_of_time = cfg.max_minutes > 0 and self.elapsed > 60 * cfg.max_minutes
+                at_stop_step = 0 < cfg.stop_at_step <= self.step
+                over_budget, stopped = self._agree(
+                    out_of_time or at_stop_step, stop.signum is not None
+                )
                 if over_budget and self.step < cfg.steps:
                     val_loss = self.validate()
                     if main:
                         self._log("eval.csv", {"step": self.step, "val_loss": round(val_loss, 6)})
                     self.save_checkpoint()
                     if main:
+                        why = (
+                            f"stop_at_step={cfg.stop_at_step} reached"
+                            if at_stop_step
+                            else f"time budget of {cfg.max_minutes} min reached"
+                        )
                         bar.write(
-                            f"[{self.stage}] time budget of {cfg.max_minutes} min reached at step "
-                            f"{self.step}/{cfg.steps}; finishing early (val_loss {val_loss:.4f})"
+                            f"[{self.stage}] {why} at step {self.step}/{cfg.steps}; "
+                            f"finishing early (val_loss {val_loss:.4f})"
                         )
                     break
                 if stopped and self.step < cfg.steps:
