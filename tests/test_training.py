@@ -104,6 +104,9 @@ def test_stop_at_step_replays_a_capped_run(tmp_path):
     assert cut.steps == 13 and not cut.interrupted
     assert losses(tmp_path / "b") == losses(tmp_path / "a")[:13]
     assert (tmp_path / "b/checkpoints/step_0000013.pt").exists()
+    again = make_trainer(tmp_path / "b", stop_at_step=13).fit(resume=True)
+    assert again.steps == 13  # resuming a finished replay takes no extra step
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")[:13]
     with pytest.raises(TsdfmError, match="stop_at_step"):
         TrainConfig(stop_at_step=-1).validate("teacher.train")
 

@@ -472,8 +472,10 @@ class Trainer:
             dynamic_ncols=True,
         )
         t_window, tokens_window = time.perf_counter(), 0
+        # A run resumed at or past its stop step takes no further step (it is already done).
+        last = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step > 0 else cfg.steps
         with _StopFlag() as stop:
-            while self.step < cfg.steps:
+            while self.step < last:
                 t0 = time.perf_counter()
                 loss, metrics, ok = self._forward_backward()
                 grad_norm = float("nan")
