@@ -1,0 +1,34 @@
+"""Every relative link in the repository's markdown points at a file that exists.
+
+Results are reached from the README through chains of relative links; one wrong ``../``
+silently cuts a report off from the index, so the whole tree is checked (fast: text only).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+SKIP = {".venv", "runs", ".git", "node_modules", ".pytest_cache"}
+
+
+def _markdown_files() -> list[Path]:
+    return [p for p in ROOT.rglob("*.md") if not SKIP.intersection(p.relative_to(ROOT).parts)]
+
+
+def test_relative_markdown_links_resolve():
+    files = _markdown_files()
+    assert any(p.name == "README.md" and p.parent == ROOT for p in files)
+    missing = []
+    for path in files:
+        for target in LINK.findall(path.read_text(encoding="utf-8", errors="replace")):
+            if re.match(r"^[a-z]+:", target):  # http:, https:, mailto:
+                continue
+            resolved = (path.parent / target).resolve()
+            if not resolved.is_relative_to(ROOT):  # ../shared/DESIGN.md lives beside the clone
+                continue
+            if not resolved.exists():
+                missing.append(f"{path.relative_to(ROOT)} -> {target}")
+    assert not missing, "broken relative links:\n" + "\n".join(missing)
