@@ -42,7 +42,7 @@ import numpy as np
 
 from tsdfm.config import load_config
 from tsdfm.errors import TsdfmError
-from tsdfm.evaluation.harness import temperature_tag
+from tsdfm.evaluation.labels import temperature_tag
 from tsdfm.generation import draw_samples, meta_path, write_samples
 from tsdfm.training.student import shaping_setup, train_student
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tsdfm.evaluation.harness import without_seed
+from tsdfm.evaluation.labels import without_seed
 
 
 def families(results: dict) -> tuple[dict[str, list[tuple]], dict]:

@@ -228,7 +228,7 @@ def test_plot_series_one_line_per_arm_across_seeds():
 
 
 def test_rows_sampled_at_another_temperature_are_their_own_series():
-    from tsdfm.evaluation.harness import temperature_tag
+    from tsdfm.evaluation.labels import temperature_tag
     from tsdfm.evaluation.plots import _series_key
 
     meta = {"method": "blind", "label": "probs s0", "sampler": {"temperature": 0.85}}

@@ -22,7 +22,6 @@ tokenizer would decode to different, meaningless text and still produce numbers.
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -76,21 +75,6 @@ def describe(meta: dict[str, Any]) -> dict[str, Any]:
         ),
         "tokens_per_second": meta.get("tokens_per_second"),
     }
-
-
-def without_seed(label: str) -> str:
-    """A study's arm label without its training seed: ``"ar-k4 s2"`` -> ``"ar-k4"``."""
-    return re.sub(r" s\d+$", "", label)
-
-
-def temperature_tag(row: dict[str, Any]) -> str:
-    """``" T=0.9"`` for a row sampled at a temperature other than 1, else ``""``.
-
-    Rows of one model at several sampling temperatures (an equal-entropy comparison) must not
-    be grouped as seeds of one arm: every table and plot appends this tag to the row's name.
-    """
-    t = row.get("temperature")
-    return "" if t is None or float(t) == 1.0 else f" T={float(t):g}"
 
 
 def measure(sf: SampleFile, evaluators: dict[str, Evaluator], verbose: bool = True) -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tsdfm.evaluation.harness import temperature_tag, without_seed
+from tsdfm.evaluation.labels import temperature_tag, without_seed
 
 
 def _series_key(row: dict[str, Any]) -> str:

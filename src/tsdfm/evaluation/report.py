@@ -26,7 +26,7 @@ from typing import Any
 
 from tsdfm import __version__
 from tsdfm.artifacts import atomic_write_json, atomic_write_text, now_iso
-from tsdfm.evaluation.harness import temperature_tag
+from tsdfm.evaluation.labels import temperature_tag
 
 ROW_KEYS = (
     "method",
