@@ -1,0 +1,95 @@
+"""Equal-entropy placement of gen-PPL rows (evaluation/frontier.py, scripts/equal_entropy.py)."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tsdfm.errors import TsdfmError
+from tsdfm.evaluation.frontier import equal_entropy_gaps, ppl_at_entropy
+
+CURVE = [(4.2, 400.0), (4.0, 100.0), (4.5, 1600.0)]  # any order
+
+
+def test_log_linear_between_bracketing_points():
+    # halfway in entropy between 100 and 400 is their geometric mean, 200
+    assert ppl_at_entropy(CURVE, 4.1) == pytest.approx(200.0)
+    assert ppl_at_entropy(CURVE, 4.35) == pytest.approx(800.0)
+    # the curve's own points are returned exactly
+    assert ppl_at_entropy(CURVE, 4.0) == pytest.approx(100.0)
+    assert ppl_at_entropy(CURVE, 4.5) == pytest.approx(1600.0)
+
+
+def test_no_extrapolation_and_bad_curves():
+    assert ppl_at_entropy(CURVE, 3.99) is None
+    assert ppl_at_entropy(CURVE, 4.51) is None
+    with pytest.raises(TsdfmError, match="at least two"):
+        ppl_at_entropy([(4.0, 100.0)], 4.0)
+    with pytest.raises(TsdfmError, match="positive and finite"):
+        ppl_at_entropy([(4.0, 100.0), (4.2, math.inf)], 4.1)
+
+
+def _row(label, entropy, **ppl):
+    return {"label": label, "entropy": entropy, "gen_ppl": ppl}
+
+
+def test_gaps_per_evaluator():
+    ref = [_row("t", 4.0, a=100.0, b=50.0), _row("t_T", 4.2, a=400.0, b=200.0)]
+    rows = [_row("s", 4.1, a=180.0, b=110.0), _row("far", 4.3, a=1.0, b=1.0)]
+    g = {r["label"]: r for r in equal_entropy_gaps(ref, rows, ["a", "b"])}
+    assert g["s"]["evaluators"]["a"]["reference"] == pytest.approx(200.0)
+    assert g["s"]["evaluators"]["a"]["gap"] == pytest.approx(-0.10)
+    assert g["s"]["evaluators"]["b"]["gap"] == pytest.approx(0.10)
+    assert g["far"]["evaluators"]["a"]["gap"] is None  # outside the curve: no number
+
+
+def _script():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "equal_entropy.py"
+    spec = importlib.util.spec_from_file_location("equal_entropy", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_script_merges_evaluators_across_files(tmp_path, capsys):
+    small = {
+        "rows": [
+            _row("teacher_8", 4.2, small=400.0),
+            _row("teacher_8_T0.9", 4.0, small=100.0),
+            _row("student_8", 4.1, small=220.0),
+        ]
+    }
+    big = {
+        "rows": [
+            _row("teacher_8", 4.2, big=40.0),
+            _row("teacher_8_T0.9", 4.0, big=10.0),
+            _row("student_8", 4.1, big=18.0),
+        ]
+    }
+    (tmp_path / "a.json").write_text(json.dumps(small))
+    (tmp_path / "b.json").write_text(json.dumps(big))
+    out = tmp_path / "t.md"
+    rc = _script().main(
+        [
+            str(tmp_path / "a.json"),
+            str(tmp_path / "b.json"),
+            "--reference",
+            "teacher_8*",
+            "--rows",
+            "student_*",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    line = next(ln for ln in out.read_text().splitlines() if ln.startswith("| student_8"))
+    assert "220 / 200 / +10.0%" in line and "18 / 20 / -10.0%" in line
+    assert capsys.readouterr().out == out.read_text()
+
+
+def test_script_refuses_an_empty_selection(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"rows": [_row("teacher_8", 4.2, a=1.0)]}))
+    with pytest.raises(SystemExit, match="need >= 2 reference rows"):
+        _script().main([str(tmp_path / "a.json"), "--reference", "teacher_8*", "--rows", "x*"])
