@@ -29,7 +29,13 @@ def _load(paths: list[Path]) -> tuple[dict[str, dict], list[str]]:
     rows: dict[str, dict] = {}
     evaluators: list[str] = []
     for path in paths:
-        for row in json.loads(path.read_text())["rows"]:
+        try:
+            file_rows = json.loads(path.read_text())["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(
+                f"{path}: not a readable `tsdfm evaluate` results.json ({err})"
+            ) from err
+        for row in file_rows:
             if not row.get("gen_ppl"):
                 continue
             if row["label"] in rows:

@@ -93,3 +93,11 @@ def test_script_refuses_an_empty_selection(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({"rows": [_row("teacher_8", 4.2, a=1.0)]}))
     with pytest.raises(SystemExit, match="need >= 2 reference rows"):
         _script().main([str(tmp_path / "a.json"), "--reference", "teacher_8*", "--rows", "x*"])
+
+
+def test_script_names_a_missing_or_bad_results_file(tmp_path):
+    with pytest.raises(SystemExit, match="missing.json: not a readable"):
+        _script().main([str(tmp_path / "missing.json"), "--reference", "a", "--rows", "b"])
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="bad.json: not a readable"):
+        _script().main([str(tmp_path / "bad.json"), "--reference", "a", "--rows", "b"])
