@@ -43,11 +43,14 @@ def equal_entropy_gaps(
 ) -> list[dict]:
     """For each row: its entropy, and per evaluator its gen-PPL, the reference's gen-PPL at
     that entropy and the relative gap (``None`` where the row lies outside the curve)."""
+    curves = {
+        ev: [(r["entropy"], r["gen_ppl"][ev]) for r in reference if ev in r["gen_ppl"]]
+        for ev in evaluators
+    }
     out = []
     for row in rows:
         gaps = {}
-        for ev in evaluators:
-            curve = [(r["entropy"], r["gen_ppl"][ev]) for r in reference if ev in r["gen_ppl"]]
+        for ev, curve in curves.items():
             if ev not in row["gen_ppl"] or len(curve) < 2:
                 continue
             ref = ppl_at_entropy(curve, row["entropy"])
