@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from tsdfm.cli import main
@@ -213,3 +214,40 @@ def test_student_cli(tmp_path, cfg_file, capsys):
         == 2
     )
     assert "teacher directory not found" in capsys.readouterr().err
+
+
+def test_warm_start_extends_a_finished_teacher(tmp_path, cfg_file, capsys):
+    """``teacher.init_from`` starts a new run (own schedule) from a teacher's weights, and
+    refuses a teacher of another shape before writing anything."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "data"
+    assert (
+        main(["data", "prepare", "--config", str(cfg_file), "--out", str(data), "--no-progress"])
+        == 0
+    )
+    base = ["train", "teacher", "--config", str(cfg_file), "--data", str(data), "--no-progress"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main([*base, "--out", str(first)]) == 0
+    init = f"teacher.init_from={first / 'model'}"
+    # one step at a negligible learning rate: the shipped model is the one it started from
+    tiny_lr = ["teacher.train.steps=1", "teacher.train.lr=1e-9", "teacher.train.warmup_steps=0"]
+    assert main([*base, "--out", str(second), init, *tiny_lr]) == 0
+    assert "warm start" in capsys.readouterr().out
+    a = load_file(str(first / "model" / "model.safetensors"))
+    b = load_file(str(second / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    cold = tmp_path / "cold"
+    assert main([*base, "--out", str(cold), *tiny_lr]) == 0
+    c = load_file(str(cold / "model" / "model.safetensors"))
+    assert not all(torch.allclose(a[k], c[k], atol=1e-3) for k in a)
+    assert yaml.safe_load((second / "config.yaml").read_text())["teacher"]["init_from"] == str(
+        first / "model"
+    )
+    # another width: refused with the field named, no run directory left behind
+    wide = tmp_path / "wide"
+    assert main([*base, "--out", str(wide), init, "teacher.model.dim=48"]) == 2
+    err = capsys.readouterr().err
+    assert "dim: 32 there, 48 here" in err and not wide.exists()
+    assert main([*base, "--out", str(wide), f"teacher.init_from={tmp_path / 'nope'}"]) == 2
+    assert "not found" in capsys.readouterr().err and not wide.exists()

@@ -22,6 +22,19 @@ def test_override_and_roundtrip(tmp_path):
     assert to_dict(again) == to_dict(cfg)
 
 
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads ``3e-4`` as a string; a float setting takes it as the number it means."""
+    cfg = load_config(None, ["teacher.train.lr=3e-4", "student.shaping.tau=1E1"])
+    assert cfg.teacher.train.lr == 3e-4 and cfg.student.shaping.tau == 10.0
+    f = tmp_path / "lr.yaml"
+    f.write_text("teacher:\n  train:\n    lr: 5e-4\n")
+    assert load_config(f).teacher.train.lr == 5e-4
+    with pytest.raises(TsdfmError, match="finite"):
+        load_config(None, ["teacher.train.lr=nan "])
+    with pytest.raises(TsdfmError, match="must be an integer"):
+        load_config(None, ["teacher.train.steps=1e3"])
+
+
 def test_unknown_key_did_you_mean():
     with pytest.raises(TsdfmError, match="did you mean 'steps'"):
         load_config(None, ["teacher.train.stepz=3"])

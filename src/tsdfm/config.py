@@ -140,8 +140,14 @@ class TrainConfig:
 
 @dataclass
 class TeacherConfig:
+    """``init_from``: a teacher model directory whose weights start this run (a new optimiser,
+    schedule and EMA around them). Why: extending a finished teacher's budget. Resuming it with
+    more ``steps`` would reuse the finished cosine schedule; a warm start gives the extension
+    its own warm-up and decay. The architecture, flow and tokenizer must match exactly."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    init_from: str | None = None
 
 
 def _causal_model() -> ModelConfig:
@@ -381,6 +387,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise TsdfmError(f"{where} must be true or false, got {value!r}")
     if tp in (int, float):
+        if tp is float and isinstance(value, str):
+            # PyYAML follows YAML 1.1, where "3e-4" (no dot) is a string, not a float; every
+            # user writes learning rates that way, in files and in overrides alike.
+            try:
+                value = float(value.strip())
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             kind = "an integer" if tp is int else "a number"
             raise TsdfmError(f"{where} must be {kind}, got {value!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -74,6 +75,8 @@ def train_teacher(
     torch.manual_seed(tcfg.seed)
     mcfg = teacher_model_config(cfg, data.tokenizer, data.seq_len)
     model = Denoiser(mcfg)
+    if cfg.teacher.init_from:
+        warm_start(model, Path(cfg.teacher.init_from))
     prepare_run_dir(out_dir, resume, model)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +120,27 @@ def train_teacher(
         )
     distributed.barrier()  # the other ranks return once the model is on disk
     return model_dir
+
+
+def warm_start(model: Denoiser, source: Path) -> None:
+    """Copy a pretrained teacher's weights into ``model`` (``teacher.init_from``).
+
+    Checked field by field before anything is written: every architecture, flow and tokenizer
+    field must agree (only the free-form ``extra`` may differ), so a warm start can never
+    silently train a model on another tokenizer or another source. A resumed run then loads
+    its own checkpoint over these weights, so ``--resume`` still continues exactly.
+    """
+    init = Denoiser.from_pretrained(source)  # clear errors for a missing or corrupt directory
+    mine, theirs = dataclasses.asdict(model.config), dataclasses.asdict(init.config)
+    differ = sorted(k for k in mine if k != "extra" and mine[k] != theirs.get(k))
+    if differ:
+        detail = ", ".join(f"{k}: {theirs.get(k)!r} there, {mine[k]!r} here" for k in differ)
+        raise TsdfmError(
+            f"teacher.init_from={source} does not match this run's teacher ({detail}); warm "
+            "starts need the same architecture, flow and tokenizer"
+        )
+    model.load_state_dict(init.state_dict())
+    print(f"[teacher] warm start from {source}")
 
 
 def world_note(ctx) -> str:
