@@ -244,6 +244,7 @@ def test_warm_start_extends_a_finished_teacher(tmp_path, cfg_file, capsys):
     assert yaml.safe_load((second / "config.yaml").read_text())["teacher"]["init_from"] == str(
         first / "model"
     )
+    assert json.loads((second / "summary.json").read_text())["init_from"] == str(first / "model")
     # another width: refused with the field named, no run directory left behind
     wide = tmp_path / "wide"
     assert main([*base, "--out", str(wide), init, "teacher.model.dim=48"]) == 2

@@ -185,7 +185,8 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     ``auto`` never uses bf16 on the CPU: it would change the numbers of the small CPU configs, and
     on CPUs without bf16 matrix units it is slower than fp32. ``bf16`` there is allowed: it tests
     the code path without a GPU, and on CPUs with AMX it is faster for long runs
-    (``benchmarks/train_precision.py`` measures it). No gradient scaler is needed: bf16 has fp32's exponent range.
+    (``benchmarks/train_precision.py`` measures it). No gradient scaler is needed: bf16 has
+    fp32's exponent range.
     """
     if name not in PRECISIONS:
         raise TsdfmError(f"precision must be one of {', '.join(PRECISIONS)}; got {name!r}")

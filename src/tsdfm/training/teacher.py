@@ -76,7 +76,7 @@ def train_teacher(
     mcfg = teacher_model_config(cfg, data.tokenizer, data.seq_len)
     model = Denoiser(mcfg)
     if cfg.teacher.init_from:
-        warm_start(model, Path(cfg.teacher.init_from))
+        warm_start(model, Path(cfg.teacher.init_from), verbose=ctx.is_main)
     prepare_run_dir(out_dir, resume, model)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +113,8 @@ def train_teacher(
     if ctx.is_main:
         model_dir = result.model.save_pretrained(model_dir, tokenizer=data.tokenizer)
         extra = {"world_size": ctx.world_size} if ctx.enabled else {}
+        if cfg.teacher.init_from:
+            extra["init_from"] = str(cfg.teacher.init_from)
         write_summary(out_dir, "teacher", result, n_params, data_dir, mcfg, **extra)
         print(
             f"[teacher] done: val_loss {result.final_val_loss:.4f} in {result.seconds:.0f}s -> "
@@ -122,7 +124,7 @@ def train_teacher(
     return model_dir
 
 
-def warm_start(model: Denoiser, source: Path) -> None:
+def warm_start(model: Denoiser, source: Path, verbose: bool = True) -> None:
     """Copy a pretrained teacher's weights into ``model`` (``teacher.init_from``).
 
     Checked field by field before anything is written: every architecture, flow and tokenizer
@@ -140,7 +142,8 @@ def warm_start(model: Denoiser, source: Path) -> None:
             "starts need the same architecture, flow and tokenizer"
         )
     model.load_state_dict(init.state_dict())
-    print(f"[teacher] warm start from {source}")
+    if verbose:
+        print(f"[teacher] warm start from {source}")
 
 
 def world_note(ctx) -> str:
