@@ -118,6 +118,23 @@ def test_bad_override_exit_2(cfg_file, capsys):
     assert "did you mean 'seq_len'" in capsys.readouterr().err
 
 
+def test_overrides_may_interleave_with_flags(capsys):
+    """``a=1 --flag b=2`` keeps both overrides, in order; a stray word is still refused."""
+    from tsdfm.cli import _parse
+
+    args = _parse(
+        ["train", "student", "--shaping", "none", "a.b=1", "--no-progress", "c.d=2", "a.b=3"]
+    )
+    assert args.overrides == ["a.b=1", "c.d=2", "a.b=3"]
+    assert args.no_progress and args.shaping == "none"
+    with pytest.raises(SystemExit) as e:
+        _parse(["train", "student", "a.b=1", "--no-progress", "stray"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # commands without overrides take none
+        _parse(["sample", "--model", "m", "--steps", "8", "x=1"])
+
+
 def test_steps_below_one(tmp_path, cfg_file, capsys):
     data, out = tmp_path / "data", tmp_path / "teacher"
     main(["data", "prepare", "--config", str(cfg_file), "--out", str(data), "--no-progress"])

@@ -422,8 +422,26 @@ def _evaluate(args) -> None:
     print(f"results -> {out / 'results.json'}, {out / 'report.md'}")
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line, letting flags and ``key=value`` overrides interleave.
+
+    argparse fills a ``nargs="*"`` positional from the first run of positionals only, so
+    ``train student a=1 --no-progress b=2`` would refuse ``b=2``. Leftover ``key=value``
+    tokens are appended (in order) to the overrides; anything else is still an error.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        overridable = hasattr(args, "overrides")
+        stray = [t for t in extra if not (overridable and "=" in t and not t.startswith("-"))]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        args.overrides = list(args.overrides or []) + extra
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         _check_launch(args)
         return _run(args)
