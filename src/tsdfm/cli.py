@@ -436,7 +436,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         stray = [t for t in extra if not (overridable and "=" in t and not t.startswith("-"))]
         if stray:
             parser.error(f"unrecognized arguments: {' '.join(stray)}")
-        args.overrides = list(args.overrides or []) + extra
+        args.overrides = [*args.overrides, *extra]
     return args
 
 
