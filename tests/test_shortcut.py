@@ -136,6 +136,118 @@ def test_target_temperature_is_a_per_row_power(space):
         StudentConfig(target_temperature=-1.0).validate()
 
 
+def _committed_target(committed, jump_fn, n=4000, seed=5, method="rk4"):
+    x_t = torch.full((n, L), MASK)
+    x_t[:, 0] = 0
+    t, dt = torch.full((n,), 0.25), torch.full((n,), 0.5)
+    return shortcut_target(
+        oracle, x_t, t, dt, method=method, space="probs", scheduler=SCHED, source="mask",
+        mask_id=MASK, jump_fn=jump_fn, generator=torch.Generator().manual_seed(seed),
+        committed=committed,
+    ).exp().double()  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["heun", "rk4"])
+def test_committed_token_target_is_the_same_in_expectation_for_blind_jumps(method):
+    """committed=token swaps p(k1) for the one-hot of the committed token at positions a
+    midpoint committed: per row it differs (one-hots appear), averaged over blind midpoints it
+    is the same target (E[delta(m_i)] = p(k1))."""
+    jf = blind_jump(SCHED, "mask", MASK)
+    rb = _committed_target("denoiser", jf, method=method)
+    tok = _committed_target("token", jf, method=method)
+    assert (tok - rb).abs().amax() > 0.1  # some rows carry a committed token's one-hot
+    assert torch.allclose(tok.sum(-1), torch.ones_like(tok.sum(-1)), atol=1e-5)
+    n = tok.shape[0]
+    for i in (1, 2):
+        diff = tok[:, i].mean(0) - rb[:, i].mean(0)
+        se = tok[:, i].std(0) / n**0.5
+        assert (diff.abs() < 5 * se + 1e-4).all(), (i, diff, se)
+
+
+def test_committed_token_target_carries_a_biased_midpoint():
+    """A midpoint that always commits token 2 (an extreme 'navigator'): committed=denoiser
+    erases the choice (the target is p(k1), identical to a blind one at those positions),
+    committed=token puts the chosen token's weight into the target."""
+    jf = blind_jump(SCHED, "mask", MASK)
+
+    def biased(x, logits, t, h, g):
+        out = jf(x, logits, t, h, g)
+        return torch.where((out != MASK) & (x == MASK), torch.full_like(out, 2), out)
+
+    rb_blind = _committed_target("denoiser", jf, n=2000)
+    rb = _committed_target("denoiser", biased, n=2000)
+    tok = _committed_target("token", biased, n=2000)
+    # token 2's mean target mass: the token target moves towards the forced token
+    assert float(tok[:, 1:, 2].mean()) > float(rb[:, 1:, 2].mean()) + 0.05
+    assert abs(float(rb[:, 1:, 2].mean()) - float(rb_blind[:, 1:, 2].mean())) < 0.1
+
+
+def test_committed_token_needs_probs_and_the_mask_source():
+    kw = dict(method="heun", scheduler=SCHED, mask_id=MASK, generator=torch.Generator())
+    x = torch.full((2, L), MASK)
+    t, dt = torch.zeros(2), torch.ones(2)
+    jf = blind_jump(SCHED, "mask", MASK)
+    with pytest.raises(TsdfmError, match="target_space=probs"):
+        shortcut_target(oracle, x, t, dt, space="logits", source="mask", jump_fn=jf,
+                        committed="token", **kw)  # fmt: skip
+    with pytest.raises(TsdfmError, match="mask source only"):
+        shortcut_target(oracle, x, t, dt, space="probs", source="uniform", jump_fn=jf,
+                        committed="token", **kw)  # fmt: skip
+    with pytest.raises(TsdfmError, match="unknown committed"):
+        shortcut_target(oracle, x, t, dt, space="probs", source="mask", jump_fn=jf,
+                        committed="chosen", **kw)  # fmt: skip
+    with pytest.raises(TsdfmError, match="target_space=probs"):
+        StudentConfig(target_committed="token", target_space="logits").validate()
+    with pytest.raises(TsdfmError, match="target_committed"):
+        StudentConfig(target_committed="onehot").validate()
+
+
+def garbage_at_visible(x, t, dt):
+    """The oracle at masked positions, noise at visible ones: what a trained mask-source
+    network outputs where it was never trained (the input's committed positions)."""
+    out = oracle(x, t, dt)
+    noise = torch.randn(out.shape, generator=torch.Generator().manual_seed(int(x.sum())))
+    return torch.where((x != MASK).unsqueeze(-1), 3 * noise, out)
+
+
+def test_carry_over_restores_the_exact_denoiser_at_visible_positions():
+    """RK4's m2 and m3 jump with predictions made on earlier midpoints; at positions those
+    committed, a network's output is noise. carry_over=True replaces it by the point mass the
+    exact denoiser has there, so a noisy-at-visible model gives the oracle's targets bit for
+    bit (same seed: the jump's random stream does not depend on the model), and without it the
+    targets differ."""
+    n = 400
+    x_t = torch.full((n, L), MASK)
+    x_t[:, 0] = 1
+    t, dt = torch.full((n,), 0.25), torch.full((n,), 0.75)
+
+    def target(fn, carry, committed="denoiser"):
+        return shortcut_target(
+            fn, x_t, t, dt, method="rk4", space="probs", scheduler=SCHED, source="mask",
+            mask_id=MASK, jump_fn=blind_jump(SCHED, "mask", MASK),
+            generator=torch.Generator().manual_seed(11), carry_over=carry, committed=committed,
+        )  # fmt: skip
+
+    exact = target(oracle, True)
+    torch.testing.assert_close(target(garbage_at_visible, True), exact)
+    assert (target(garbage_at_visible, False) - exact).abs().amax() > 0.05
+    # the oracle already carries over: the flag changes nothing beyond float round-off
+    torch.testing.assert_close(target(oracle, False).exp(), exact.exp(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        target(garbage_at_visible, True, "token"), target(oracle, True, "token")
+    )
+
+
+def test_carry_over_logits_are_point_masses_on_visible_tokens():
+    from tsdfm.shaping.shortcut import carry_over_logits
+
+    x = torch.tensor([[MASK, 2, 0]])
+    logits = torch.randn(1, L, V)
+    out = carry_over_logits(logits, x, MASK).softmax(-1)
+    torch.testing.assert_close(out[0, 0], logits[0, 0].softmax(-1))
+    assert float(out[0, 1, 2]) == 1.0 and float(out[0, 2, 0]) == 1.0
+
+
 def test_step_size_schemes():
     w_inv = step_size_weights(1024, "inverse")
     w_chain = step_size_weights(1024, "chain")
@@ -218,3 +330,22 @@ def test_student_resume_is_exact(tmp_path):
     make_student_trainer(tmp_path / "b").fit(resume=True)
     read = lambda d: [(r["step"], r["loss"]) for r in csv.DictReader(open(d / "log.csv"))]  # noqa: E731
     assert read(tmp_path / "a") == read(tmp_path / "b")
+
+
+def test_objective_passes_carry_over_and_committed_to_the_targets():
+    """The student config's carry_over / target_committed reach shortcut_target: with a real
+    (random) network, whose visible-position outputs are arbitrary, each changes the targets of
+    the same rows under the same seed; the defaults reproduce the plain recipe."""
+    teacher = tiny_teacher("mask")
+    x_t = torch.full((6, 12), 8)
+    x_t[:, ::3] = 1
+    t, dt = torch.full((6,), 0.25), torch.full((6,), 0.5)
+
+    def targets(**kw):
+        obj = ShortcutObjective(teacher, StudentConfig(teacher_steps=16, **kw), 8, 8)
+        return obj.targets(x_t, t, dt, torch.Generator().manual_seed(4))[0]
+
+    plain = targets()
+    torch.testing.assert_close(targets(carry_over=False, target_committed="denoiser"), plain)
+    assert not torch.allclose(targets(carry_over=True), plain)
+    assert not torch.allclose(targets(carry_over=True, target_committed="token"), plain)

@@ -224,6 +224,14 @@ class StudentConfig:
     ``target_temperature``: tau < 1 sharpens every shortcut (non-anchor) target,
     ``p ∝ target^(1/tau)``, against the flatness a learned model's probability mixture adds
     per link (``tsdfm.shaping.shortcut``); 1 (default) leaves the recipe unchanged.
+    ``target_committed`` (mask source, ``probs`` space): what a position committed at a
+    midpoint contributes to the target: ``denoiser`` (default, ``p(k1)``, lowest variance) or
+    ``token`` (the one-hot of the committed token: the same target in expectation for blind
+    jumps, but it carries a navigated jump's choices into the target, which ``p(k1)`` erases).
+    ``carry_over`` (mask source, RK4): the target network's output at positions an earlier
+    midpoint already committed becomes a point mass on that token, as the exact denoiser's is,
+    instead of the untrained output a later midpoint would otherwise draw from
+    (``tsdfm.shaping.shortcut``). False (default) is the recipe of the published results.
     """
 
     train: TrainConfig = field(
@@ -235,6 +243,8 @@ class StudentConfig:
     target_space: str = "probs"
     anchor: str = "teacher"
     target_temperature: float = 1.0
+    target_committed: str = "denoiser"
+    carry_over: bool = False
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
 
     def validate(self, where: str = "student") -> None:
@@ -246,6 +256,12 @@ class StudentConfig:
         _choice(self, where, "target", ("rk4", "heun"))
         _choice(self, where, "target_space", ("logits", "probs"))
         _choice(self, where, "anchor", ("teacher", "oracle"))
+        _choice(self, where, "target_committed", ("denoiser", "token"))
+        if self.target_committed == "token" and self.target_space != "probs":
+            raise TsdfmError(
+                f"{where}.target_committed=token needs {where}.target_space=probs (a one-hot "
+                "has no finite logits to average)"
+            )
         if not self.target_temperature > 0:
             raise TsdfmError(
                 f"{where}.target_temperature must be > 0 (1 = off, < 1 sharpens the shortcut "

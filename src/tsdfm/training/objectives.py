@@ -165,6 +165,8 @@ class ShortcutObjective:
                     jump_fn=self.jump_fn,
                     generator=generator,
                     temperature=self.cfg.target_temperature,
+                    committed=self.cfg.target_committed,
+                    carry_over=self.cfg.carry_over,
                 )
         return target, anchor
 

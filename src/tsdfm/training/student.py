@@ -14,6 +14,7 @@ from tsdfm.data import load_prepared
 from tsdfm.distributed import make_generator
 from tsdfm.errors import TsdfmError
 from tsdfm.models import Denoiser, build_student, count_parameters, load_pretrained
+from tsdfm.shaping.shortcut import check_committed
 from tsdfm.training.loop import Trainer
 from tsdfm.training.objectives import ShortcutObjective
 from tsdfm.training.teacher import prepare_run_dir, world_note
@@ -148,6 +149,7 @@ def train_student(
     ctx = distributed.setup(scfg.device)
     data = load_prepared(data_dir, verify=True)
     teacher = load_teacher(teacher_dir, data)
+    check_committed(cfg.student.target_committed, cfg.student.target_space, teacher.config.source)
     anchor = exact_anchor(teacher, data) if cfg.student.anchor == "oracle" else None
     prepare_run_dir(out_dir, resume)
     if scfg.num_threads:
@@ -161,6 +163,8 @@ def train_student(
             "target": cfg.student.target,
             "target_space": cfg.student.target_space,
             "anchor": cfg.student.anchor,
+            "target_committed": cfg.student.target_committed,
+            "carry_over": cfg.student.carry_over,
             "teacher_steps": cfg.student.teacher_steps,
             "dt_weights": cfg.student.dt_weights,
             **(extra or {}),
