@@ -349,3 +349,24 @@ def test_objective_passes_carry_over_and_committed_to_the_targets():
     torch.testing.assert_close(targets(carry_over=False, target_committed="denoiser"), plain)
     assert not torch.allclose(targets(carry_over=True), plain)
     assert not torch.allclose(targets(carry_over=True, target_committed="token"), plain)
+
+
+def test_visible_outputs_script_separates_visible_from_masked(load_script):
+    """scripts/visible_outputs.py: per-kind means over exactly the positions of that kind (a
+    model that is a point mass on token 0 everywhere gives p_true = share of zeros there)."""
+    mod = load_script("visible_outputs")
+
+    class PointMass(torch.nn.Module):
+        config = DenoiserConfig(vocab_size=9, num_classes=8, max_len=12, source="mask")
+
+        def forward(self, x, t):
+            out = torch.full((*x.shape, 8), -1e9)
+            out[..., 0] = 0.0
+            return out
+
+    x1 = torch.randint(0, 8, (50, 12), generator=torch.Generator().manual_seed(0))
+    r = mod.visible_vs_masked(PointMass(), x1, 0.5, 0.5, seed=3)
+    masked = torch.rand(x1.shape, generator=torch.Generator().manual_seed(3)) < 0.5
+    for kind, where in (("visible", ~masked), ("masked", masked)):
+        assert r[kind]["entropy"] == pytest.approx(0.0, abs=1e-6)
+        assert r[kind]["p_true"] == pytest.approx(float((x1[where] == 0).double().mean()))
