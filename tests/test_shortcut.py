@@ -193,6 +193,9 @@ def test_committed_token_needs_probs_and_the_mask_source():
     with pytest.raises(TsdfmError, match="mask source only"):
         shortcut_target(oracle, x, t, dt, space="probs", source="uniform", jump_fn=jf,
                         committed="token", **kw)  # fmt: skip
+    with pytest.raises(TsdfmError, match="carry_over applies to the mask source"):
+        shortcut_target(oracle, x, t, dt, space="probs", source="uniform", jump_fn=jf,
+                        carry_over=True, **kw)  # fmt: skip
     with pytest.raises(TsdfmError, match="unknown committed"):
         shortcut_target(oracle, x, t, dt, space="probs", source="mask", jump_fn=jf,
                         committed="chosen", **kw)  # fmt: skip

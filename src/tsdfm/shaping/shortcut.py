@@ -172,7 +172,7 @@ def shortcut_target(
         raise TsdfmError(f"unknown shortcut method {method!r}; choose rk4 or heun")
     if space not in ("logits", "probs"):
         raise TsdfmError(f"unknown target space {space!r}; choose logits or probs")
-    check_committed(committed, space, source)
+    check_target_options(committed, space, source, carry_over)
     if carry_over and source == "mask":
         net = model_fn
 
@@ -233,8 +233,13 @@ def carry_over_logits(logits: Tensor, x: Tensor, mask_id: int) -> Tensor:
 COMMITTED_VALUES = ("denoiser", "token")
 
 
-def check_committed(committed: str, space: str, source: str) -> None:
-    """Refuse combinations where ``committed`` is undefined (see the module docstring)."""
+def check_target_options(committed: str, space: str, source: str, carry_over: bool = False) -> None:
+    """Refuse combinations where ``committed`` or ``carry_over`` mean nothing (module docstring)."""
+    if carry_over and source != "mask":
+        raise TsdfmError(
+            "student.carry_over applies to the mask source only: a uniform-source position is "
+            "never 'visible', every position may still change"
+        )
     if committed not in COMMITTED_VALUES:
         raise TsdfmError(
             f"unknown committed {committed!r}; choose one of {', '.join(COMMITTED_VALUES)}"

@@ -14,7 +14,7 @@ from tsdfm.data import load_prepared
 from tsdfm.distributed import make_generator
 from tsdfm.errors import TsdfmError
 from tsdfm.models import Denoiser, build_student, count_parameters, load_pretrained
-from tsdfm.shaping.shortcut import check_committed
+from tsdfm.shaping.shortcut import check_target_options
 from tsdfm.training.loop import Trainer
 from tsdfm.training.objectives import ShortcutObjective
 from tsdfm.training.teacher import prepare_run_dir, world_note
@@ -149,7 +149,8 @@ def train_student(
     ctx = distributed.setup(scfg.device)
     data = load_prepared(data_dir, verify=True)
     teacher = load_teacher(teacher_dir, data)
-    check_committed(cfg.student.target_committed, cfg.student.target_space, teacher.config.source)
+    st = cfg.student
+    check_target_options(st.target_committed, st.target_space, teacher.config.source, st.carry_over)
     anchor = exact_anchor(teacher, data) if cfg.student.anchor == "oracle" else None
     prepare_run_dir(out_dir, resume)
     if scfg.num_threads:
