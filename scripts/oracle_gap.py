@@ -24,8 +24,7 @@ import torch
 from tsdfm.artifacts import atomic_write_json, now_iso
 from tsdfm.errors import TsdfmError
 from tsdfm.evaluation.oracle_gap import oracle_gap
-from tsdfm.generator import resolve_model_dir
-from tsdfm.models import Denoiser, load_pretrained
+from tsdfm.generator import load_named_mask_denoiser
 from tsdfm.models.oracle import load_markov_oracle
 
 WAYS = ("forward", "reverse", "flatness")
@@ -45,14 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         x1 = torch.from_numpy(chain.sample(args.num, seq_len, seed=args.seed + 1)).long()
         rows = {}
         for spec in args.model:
-            name, sep, path = spec.partition("=")
-            if not sep:
-                raise TsdfmError(f"--model takes NAME=DIR, got {spec!r}")
-            model, _ = load_pretrained(resolve_model_dir(path), expect=Denoiser)
-            if model.config.source != "mask":
-                raise TsdfmError(f"{path}: the exact posterior is the mask source's")
+            name, path, model = load_named_mask_denoiser(
+                spec, "the exact posterior is the mask source's"
+            )
             gen = torch.Generator().manual_seed(args.seed)  # same x_t for every model
-            rows[name] = {"dir": path, "gap": oracle_gap(model.eval(), oracle, x1, args.steps, gen)}
+            rows[name] = {"dir": path, "gap": oracle_gap(model, oracle, x1, args.steps, gen)}
             for way in WAYS:
                 print(name, way, {s: round(v, 4) for s, v in rows[name]["gap"][way].items()})
     except TsdfmError as e:

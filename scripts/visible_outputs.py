@@ -25,8 +25,7 @@ import torch
 
 from tsdfm.data import load_prepared
 from tsdfm.errors import TsdfmError
-from tsdfm.generator import resolve_model_dir
-from tsdfm.models import Denoiser, load_pretrained
+from tsdfm.generator import load_named_mask_denoiser
 
 
 @torch.no_grad()
@@ -64,13 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             "|---|---|---|---|---|",
         ]
         for spec in args.model:
-            name, sep, path = spec.partition("=")
-            if not sep:
-                raise TsdfmError(f"--model takes NAME=DIR, got {spec!r}")
-            model, _ = load_pretrained(resolve_model_dir(path), expect=Denoiser)
-            if model.config.source != "mask":
-                raise TsdfmError(f"{path}: visible positions are a mask-source notion")
-            r = visible_vs_masked(model.eval(), x1, args.mask_frac, args.t, args.seed)
+            name, _, model = load_named_mask_denoiser(
+                spec, "visible positions are a mask-source notion"
+            )
+            r = visible_vs_masked(model, x1, args.mask_frac, args.t, args.seed)
             v, m = r["visible"], r["masked"]
             rows.append(
                 f"| {name} | {v['entropy']:.3f} | {v['p_true']:.3f} | {m['entropy']:.3f} | "

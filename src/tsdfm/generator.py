@@ -29,6 +29,20 @@ from tsdfm.errors import TsdfmError
 Callback = Callable[[int, Tensor], None]
 
 
+def load_named_mask_denoiser(spec: str, why: str):
+    """``NAME=DIR`` (a study script's ``--model``) -> ``(name, dir, model in eval mode)``; the
+    model must be a mask-source denoiser, else ``why`` says what needs one."""
+    from tsdfm.models import Denoiser, load_pretrained
+
+    name, sep, path = spec.partition("=")
+    if not sep:
+        raise TsdfmError(f"--model takes NAME=DIR, got {spec!r}")
+    model, _ = load_pretrained(resolve_model_dir(path), expect=Denoiser)
+    if model.config.source != "mask":
+        raise TsdfmError(f"{path}: {why}")
+    return name, path, model.eval()
+
+
 def resolve_model_dir(path: str | Path) -> Path:
     """A model directory, or a run directory holding one in ``model/``; clear error otherwise."""
     path = Path(path)
