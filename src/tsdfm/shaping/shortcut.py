@@ -208,12 +208,12 @@ def shortcut_target(
     first = to_space(k1)
     mix = torch.zeros_like(first)
     for w, k, state in zip(weights, ks, states, strict=True):
-        live = _at_source(state, source, mask_id).unsqueeze(-1)
+        at_source = _at_source(state, source, mask_id)
         done = first
         if committed == "token" and state is not x_t:
-            tokens = torch.where(live.squeeze(-1), 0, state)  # [MASK] may lie outside C
+            tokens = torch.where(at_source, 0, state)  # [MASK] may lie outside C
             done = torch.nn.functional.one_hot(tokens, first.shape[-1]).to(first.dtype)
-        mix = mix + _bcast(w, k1) * torch.where(live, to_space(k), done)
+        mix = mix + _bcast(w, k1) * torch.where(at_source.unsqueeze(-1), to_space(k), done)
     logp = mix if space == "logits" else mix.clamp_min(1e-30).log()
     if space == "logits" or temperature != 1.0:
         logp = torch.log_softmax(logp / temperature, dim=-1)
@@ -224,10 +224,10 @@ def carry_over_logits(logits: Tensor, x: Tensor, mask_id: int) -> Tensor:
     """Float32 ``logits`` with every visible position of ``x`` (not ``[MASK]``) replaced by a
     point mass on its own token (``0`` there, ``-1e9`` elsewhere): the exact denoiser's output."""
     logits = logits.float()
-    visible = (x != mask_id).unsqueeze(-1)
-    tokens = torch.where(x == mask_id, 0, x).unsqueeze(-1)
+    visible = x != mask_id
+    tokens = torch.where(visible, x, 0).unsqueeze(-1)  # [MASK] may lie outside C
     point = torch.full_like(logits, -1e9).scatter_(-1, tokens, 0.0)
-    return torch.where(visible, point, logits)
+    return torch.where(visible.unsqueeze(-1), point, logits)
 
 
 COMMITTED_VALUES = ("denoiser", "token")
