@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tsdfm.artifacts import publish_text
 from tsdfm.data import load_prepared
 from tsdfm.errors import TsdfmError
 from tsdfm.evaluation.harness import load_sample_file
@@ -75,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "sequence are not counted (`scripts/novel_words.py`; definition in "
         "`tsdfm.evaluation.words`).\n\n"
     )
-    text = head + "\n".join(rows) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text, encoding="utf-8")
-    print(text)
+    publish_text(args.out, head + "\n".join(rows) + "\n")
     return 0
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tsdfm.artifacts import publish_text
 from tsdfm.config import load_config
 from tsdfm.errors import TsdfmError
 from tsdfm.evaluation.labels import temperature_tag
@@ -184,8 +185,7 @@ def main() -> None:
 
 
 def _write_study(directory: Path, text: str) -> None:
-    (directory / "study.md").write_text(text, encoding="utf-8")
-    print(text)
+    publish_text(directory / "study.md", text)
 
 
 def _disjoint(a: list[float], b: list[float]) -> bool:

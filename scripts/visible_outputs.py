@@ -18,11 +18,11 @@ probability ``--mask-frac`` (seeded), ``t = --t`` (and ``dt = 1/64`` for a stude
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from tsdfm.artifacts import publish_text
 from tsdfm.data import load_prepared
 from tsdfm.errors import TsdfmError
 from tsdfm.generator import load_named_mask_denoiser
@@ -80,10 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         f"each position masked with probability {args.mask_frac} (seed {args.seed}), t = "
         f"{args.t} (`scripts/visible_outputs.py`). Entropy in nats.\n\n"
     )
-    text = head + "\n".join(rows) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text, encoding="utf-8")
-    print(text)
+    publish_text(args.out, head + "\n".join(rows) + "\n")
     return 0
 
 

@@ -29,3 +29,25 @@ def load_script():
         return module
 
     return load
+
+
+@pytest.fixture
+def prepare_texts(tmp_path):
+    """Prepare a list of documents as a text corpus under ``tmp_path/data`` (BPE of 300 ids,
+    blocks of 24 tokens, 10% validation, 20% test) and return its directory."""
+    import json
+
+    from tsdfm.data import DataSpec, prepare_data
+
+    def prepare(texts: list[str]):
+        path = tmp_path / "corpus.jsonl"
+        path.write_text(
+            "".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+        )
+        spec = DataSpec(
+            corpus=str(path), seq_len=24, vocab_size=300, valid_fraction=0.1, test_fraction=0.2
+        )
+        prepare_data(spec, tmp_path / "data", cache_dir=tmp_path / "cache", progress=False)
+        return tmp_path / "data"
+
+    return prepare

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections import Counter
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tsdfm.data import DataSpec, Tokenizer, load_prepared, prepare_data
+from tsdfm.data import Tokenizer, load_prepared
 from tsdfm.errors import TsdfmError
 from tsdfm.evaluation import Evaluator, Scores
 from tsdfm.evaluation.harness import evaluate
@@ -93,17 +92,9 @@ def grammatical(n: int, seed: int = 0) -> list[str]:
     ]
 
 
-def test_harness_adds_salad_row_on_text(tmp_path):
+def test_harness_adds_salad_row_on_text(tmp_path, prepare_texts):
     corpus = grammatical(400, seed=1)
-    path = tmp_path / "corpus.jsonl"
-    path.write_text(
-        "".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(corpus))
-    )
-    spec = DataSpec(
-        corpus=str(path), seq_len=24, vocab_size=300, valid_fraction=0.1, test_fraction=0.2
-    )
-    prepare_data(spec, tmp_path / "data", cache_dir=tmp_path / "cache", progress=False)
-    data = load_prepared(tmp_path / "data")
+    data = load_prepared(prepare_texts(corpus))
     ids = torch.as_tensor(np.asarray(data.split("train")[:32]))  # "samples": real text
     meta = {"tokenizer_fingerprint": data.tokenizer.fingerprint(), "steps": 8}
     f = write_samples(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 
 import numpy as np
@@ -33,18 +32,10 @@ def test_novel_words_counts_only_unknown_words():
     assert np.isnan(novel_words([], known).rate)
 
 
-def test_script_separates_spelling_from_order(tmp_path, load_script):
+def test_script_separates_spelling_from_order(tmp_path, load_script, prepare_texts):
     rng = random.Random(0)
     corpus = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 20))) for _ in range(300)]
-    path = tmp_path / "corpus.jsonl"
-    path.write_text(
-        "".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(corpus))
-    )
-    spec = DataSpec(
-        corpus=str(path), seq_len=24, vocab_size=300, valid_fraction=0.1, test_fraction=0.2
-    )
-    prepare_data(spec, tmp_path / "data", cache_dir=tmp_path / "cache", progress=False)
-    data = load_prepared(tmp_path / "data")
+    data = load_prepared(prepare_texts(corpus))
     meta = {"tokenizer_fingerprint": data.tokenizer.fingerprint(), "steps": 8}
     real = torch.as_tensor(np.asarray(data.split("train")[:16]))
     # invented words: uniformly random non-special tokens glue byte and merge pieces together
