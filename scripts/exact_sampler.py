@@ -14,6 +14,10 @@ Writes ``exact_<steps>.jsonl`` (+ ``.meta.json``, method ``exact``) beside the o
 every jump, into ``exact-T<T>_<steps>.jsonl``: what a *perfect* teacher scores when it may
 deviate from the true marginals by a temperature, i.e. how far below the exact sampler's
 few-step n-gram TV such a deliberate distortion of the target can reach.
+
+``--source uniform`` drives the uniform-source exact denoiser (forward-backward through the
+noise, linear scheduler kappa(t) = t as in ``configs/markov.yaml``) from uniform noise instead:
+the perfect uniform-source teacher. Its forward pass cannot be cached, so S steps cost S calls.
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ from tsdfm.data import load_prepared
 from tsdfm.errors import TsdfmError
 from tsdfm.flow import make_scheduler, sample, sample_source
 from tsdfm.generation import SampleSet, write_samples
-from tsdfm.models.oracle import MarkovOracleDenoiser, load_markov_oracle
+from tsdfm.models.oracle import (
+    MarkovOracleDenoiser,
+    MarkovUniformOracleDenoiser,
+    load_markov_oracle,
+)
 
 
 def main() -> None:
@@ -47,29 +55,45 @@ def main() -> None:
         default=[1.0],
         help="temperatures applied to the exact posterior before every jump (default 1)",
     )
+    ap.add_argument(
+        "--source",
+        choices=("mask", "uniform"),
+        default="mask",
+        help="the path's source: all-[MASK] (default) or uniform noise",
+    )
     ap.add_argument("--out", required=True, help="folder for exact[-T<T>]_<steps>.jsonl")
     args = ap.parse_args()
     if any(not t > 0 for t in args.temperature):
         raise SystemExit(f"error: temperatures must be > 0, got {args.temperature}")
 
     try:
-        _, oracle, seq_len = load_markov_oracle(args.data)
+        chain, oracle, seq_len = load_markov_oracle(args.data)
     except TsdfmError as e:
         raise SystemExit(f"error: {e}") from e
     tok = load_prepared(Path(args.data)).tokenizer
+    if args.source == "uniform":
+        oracle = MarkovUniformOracleDenoiser(chain, seq_len, make_scheduler("polynomial", 1.0))
     for temp in args.temperature:
         for steps in args.steps:
             ids, meta = _draw(oracle, seq_len, steps, temp, args)
             meta["tokenizer_fingerprint"] = tok.fingerprint()
             name = "exact" if temp == 1.0 else f"exact-T{temp:g}"
+            if args.source == "uniform":
+                name = name.replace("exact", "exact-uniform", 1)
             path = write_samples(
                 Path(args.out) / f"{name}_{steps}.jsonl",
                 SampleSet(ids, tok.decode_batch(ids), meta),
             )
-            print(f"exact denoiser T={temp:g} @ {steps} steps -> {path}")
+            print(f"exact denoiser ({args.source}) T={temp:g} @ {steps} steps -> {path}")
 
 
-def _draw(oracle: MarkovOracleDenoiser, L: int, steps: int, temp: float, args) -> tuple:
+def _draw(
+    oracle: MarkovOracleDenoiser | MarkovUniformOracleDenoiser,
+    L: int,
+    steps: int,
+    temp: float,
+    args,
+) -> tuple:
     """``args.num`` sequences from the exact posterior at ``steps`` jumps and temperature
     ``temp`` (one generator seeded with ``args.seed`` per row), and their provenance."""
     sched = make_scheduler("polynomial", 1.0)
@@ -77,9 +101,18 @@ def _draw(oracle: MarkovOracleDenoiser, L: int, steps: int, temp: float, args) -
     chunks, t0, nfe = [], time.perf_counter(), 0
     for start in range(0, args.num, args.batch_size):
         b = min(args.batch_size, args.num - start)
-        x0 = sample_source((b, L), "mask", oracle.mask_id, oracle.mask_id, gen)
+        x0 = sample_source((b, L), args.source, oracle.mask_id, oracle.mask_id, gen)
+        cache = args.source == "mask"
         res = sample(
-            oracle, x0, steps, sched, "mask", oracle.mask_id, gen, cache=True, temperature=temp
+            oracle,
+            x0,
+            steps,
+            sched,
+            args.source,
+            oracle.mask_id,
+            gen,
+            cache=cache,
+            temperature=temp,
         )
         chunks.append(res.ids)
         nfe = max(nfe, res.nfe_actual)
@@ -87,15 +120,15 @@ def _draw(oracle: MarkovOracleDenoiser, L: int, steps: int, temp: float, args) -
         "model": f"exact denoiser of the markov chain ({args.data})",
         "model_type": "oracle",
         "method": "exact",
-        "label": "exact denoiser",
-        "source": "mask",
+        "label": "exact denoiser" if args.source == "mask" else "exact denoiser (uniform)",
+        "source": args.source,
         "steps": steps,
         "num_samples": args.num,
         "seq_len": L,
         "seed": args.seed,
         "sampler": {
             "kind": "dfm-exact-jump",
-            "forward_cache": True,
+            "forward_cache": args.source == "mask",
             "temperature": temp,
             "draw_precision": "float64",
         },

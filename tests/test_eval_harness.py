@@ -259,3 +259,10 @@ def test_exact_sampler_script_writes_one_labelled_file_per_temperature(
     monkeypatch.setattr(sys, "argv", argv[:-3] + ["0", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="temperatures must be > 0"):
         load_script("exact_sampler").main()
+    # the uniform-source exact denoiser: its own file name and label, uniform noise as x0
+    monkeypatch.setattr(sys, "argv", argv[:-5] + ["--source", "uniform", "--out", str(tmp_path)])
+    load_script("exact_sampler").main()
+    idsu, _, metau = read_samples(tmp_path / "exact-uniform_2.jsonl")
+    assert metau["source"] == "uniform" and describe(metau)["arm"] == "exact denoiser (uniform)"
+    assert not metau["sampler"]["forward_cache"] and idsu.shape == (64, L)
+    assert int(idsu.max()) < markov.tokenizer.mask_id

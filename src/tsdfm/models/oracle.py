@@ -1,4 +1,4 @@
-"""The exact mask-source denoiser of an order-1 Markov chain: the best any teacher can be.
+"""Exact denoisers of an order-1 Markov chain, mask and uniform source: the best any teacher can be.
 
 For the ``markov`` benchmark the true posterior of a masked position given the visible tokens
 is computable. With the nearest visible token ``u`` at position ``a < i`` and ``w`` at ``b > i``,
@@ -14,6 +14,14 @@ Sampling it with the finite-step sampler isolates the *sampler's* error from the
 S-step score of this oracle is what a perfect teacher would reach at S steps, and what a
 student trained on the marginal-exact (probability-mixture) target converges to. A few-step
 sampler that beats it must deviate from the true marginals on purpose (DESIGN.md section 3).
+
+With the uniform source every position is observed through noise: ``x_t^i = x_1^i`` with
+probability ``kappa(t)``, else a uniform draw, so the emission is
+
+    p(x_t^i = o | x_1^i = v) = kappa(t) [o = v] + (1 - kappa(t)) / V,
+
+and the chain plus these emissions is a hidden Markov model. Its exact per-position posterior
+is one forward-backward pass (:class:`MarkovUniformOracleDenoiser`, ``O(L V^2)`` per row).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from torch import Tensor, nn
 
 from tsdfm.data.markov import MarkovChain
 from tsdfm.errors import TsdfmError
+from tsdfm.flow.scheduler import Scheduler
 
 
 class MarkovOracleDenoiser(nn.Module):
@@ -82,6 +91,65 @@ class MarkovOracleDenoiser(nn.Module):
         return post.clamp_min(1e-300).log().to(torch.float32)
 
 
+class MarkovUniformOracleDenoiser(nn.Module):
+    """``forward(x [B, L], t [B], dt) -> logits [B, L, V]``: the exact uniform-source posterior.
+
+    Forward-backward on the chain with the emission of the module doc, normalised at every
+    position (float64) so that L = 64 and sharp chains cannot underflow:
+
+        alpha_0 = pi * e_0,   alpha_i = (alpha_{i-1} P) * e_i,
+        beta_{L-1} = 1,       beta_i = P (e_{i+1} * beta_{i+1}),
+        p(x_1^i = v | x_t) ∝ alpha_i(v) beta_i(v).
+
+    At ``kappa = 0`` this is the chain's marginal (stationary at every position), at
+    ``kappa = 1`` a point mass on ``x_t``. Unlike the mask oracle it needs ``t``, as a
+    uniform-source teacher does.
+    """
+
+    def __init__(self, chain: MarkovChain, max_len: int, scheduler: Scheduler):
+        super().__init__()
+        if chain.order != 1:
+            raise TsdfmError(
+                f"the exact denoiser is implemented for order-1 chains; this one has order "
+                f"{chain.order}"
+            )
+        self.vocab_size, self.max_len, self.scheduler = chain.vocab_size, max_len, scheduler
+        # No [MASK] with the uniform source; the sampler's ``mask_id`` is the vocabulary size.
+        self.mask_id = chain.vocab_size
+        P = torch.from_numpy(chain.transition.astype(np.float64))
+        self.register_buffer("transition", P, persistent=False)
+        self.register_buffer(
+            "stationary", torch.from_numpy(chain.stationary.astype(np.float64)), persistent=False
+        )
+
+    def forward(self, x: Tensor, t: Tensor | None = None, dt: Tensor | None = None) -> Tensor:
+        if t is None:
+            raise TsdfmError("the uniform-source exact denoiser needs t (it sets the noise level)")
+        B, L = x.shape
+        if L > self.max_len:
+            raise TsdfmError(f"sequence length {L} exceeds the oracle's max_len {self.max_len}")
+        if x.numel() and int(x.max()) >= self.vocab_size:
+            raise TsdfmError("the uniform source has no [MASK]: ids must lie in [0, V)")
+        V, P = self.vocab_size, self.transition
+        kappa = self.scheduler.kappa(t.to(torch.float64).reshape(-1)).expand(B)
+        hit = torch.nn.functional.one_hot(x, V).to(torch.float64)
+        emit = kappa[:, None, None] * hit + ((1.0 - kappa) / V)[:, None, None]  # [B, L, V]
+
+        alpha = torch.empty(B, L, V, dtype=torch.float64, device=x.device)
+        a = self.stationary * emit[:, 0]
+        alpha[:, 0] = a / a.sum(-1, keepdim=True)
+        for i in range(1, L):
+            a = (alpha[:, i - 1] @ P) * emit[:, i]
+            alpha[:, i] = a / a.sum(-1, keepdim=True)
+        beta = torch.ones(B, L, V, dtype=torch.float64, device=x.device)
+        for i in range(L - 2, -1, -1):
+            b = (emit[:, i + 1] * beta[:, i + 1]) @ P.T
+            beta[:, i] = b / b.sum(-1, keepdim=True)
+        post = alpha * beta
+        post = post / post.sum(-1, keepdim=True)
+        return post.clamp_min(1e-300).log().to(torch.float32)
+
+
 def load_markov_oracle(data_dir: str | Path) -> tuple[MarkovChain, MarkovOracleDenoiser, int]:
     """``(chain, exact denoiser, seq_len)`` of a prepared ``markov`` corpus; a clear error for
     any other corpus (only a known chain has an exact posterior)."""
@@ -94,4 +162,4 @@ def load_markov_oracle(data_dir: str | Path) -> tuple[MarkovChain, MarkovOracleD
     return chain, MarkovOracleDenoiser(chain, data.seq_len), data.seq_len
 
 
-__all__ = ["MarkovOracleDenoiser", "load_markov_oracle"]
+__all__ = ["MarkovOracleDenoiser", "MarkovUniformOracleDenoiser", "load_markov_oracle"]
