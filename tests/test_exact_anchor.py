@@ -2,7 +2,8 @@
 
 This is the near-exact-teacher check of issue 4: the anchor must be the oracle's posterior
 exactly (not the teacher network's) and it must refuse the settings where no exact denoiser
-exists (real text, the uniform source). The CLI run is in ``test_shaping_cli.py``.
+exists (real text); with the uniform source it is the forward-backward posterior through the
+teacher's own scheduler. The CLI run is in ``test_shaping_cli.py``.
 """
 
 import json
@@ -15,7 +16,7 @@ from test_shortcut import tiny_teacher  # V = 8 symbols + [MASK], L = 12
 from tsdfm.config import StudentConfig
 from tsdfm.data.markov import MarkovChain
 from tsdfm.errors import TsdfmError
-from tsdfm.models.oracle import MarkovOracleDenoiser
+from tsdfm.models.oracle import MarkovOracleDenoiser, MarkovUniformOracleDenoiser
 from tsdfm.training.objectives import ShortcutObjective
 from tsdfm.training.student import exact_anchor
 
@@ -39,15 +40,22 @@ def test_anchor_rows_are_the_exact_posterior():
     assert not torch.allclose(plain.targets(x_t, t, dt, gen)[0][masked], want[masked], atol=1e-2)
 
 
-def test_exact_anchor_refuses_text_and_the_uniform_source():
+def test_exact_anchor_refuses_text_and_follows_the_teachers_source():
     text = SimpleNamespace(chain=lambda: None, directory="runs/x/data", seq_len=12)
     with pytest.raises(TsdfmError, match="markov corpus"):
         exact_anchor(tiny_teacher(), text)
     chain = MarkovChain(vocab_size=8, order=1, alpha=0.3, eps=0.02, seed=0)
     markov = SimpleNamespace(chain=lambda: chain, directory="runs/m/data", seq_len=12)
-    with pytest.raises(TsdfmError, match="uniform source"):
-        exact_anchor(tiny_teacher("uniform"), markov)
     assert isinstance(exact_anchor(tiny_teacher(), markov), MarkovOracleDenoiser)
+    uniform = exact_anchor(tiny_teacher("uniform"), markov)
+    assert isinstance(uniform, MarkovUniformOracleDenoiser)
+    # it reads the noise level from t: no signal at t = 0 (the stationary law), a point mass at 1
+    x = torch.from_numpy(chain.sample(2, 12, seed=0))
+    p0 = uniform(x, torch.zeros(2)).exp()
+    torch.testing.assert_close(
+        p0[0, 0].double(), torch.from_numpy(chain.stationary), atol=1e-5, rtol=0
+    )
+    assert bool((uniform(x, torch.ones(2)).argmax(-1) == x).all())
 
 
 def test_config_rejects_an_unknown_anchor():

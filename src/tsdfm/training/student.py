@@ -49,10 +49,13 @@ def load_teacher(teacher_dir: Path, data) -> Denoiser:
 def exact_anchor(teacher: Denoiser, data):
     """The markov chain's exact denoiser as the dt = 1/N anchor (``student.anchor=oracle``).
 
-    Only defined where the truth is known and the teacher's path is the one the oracle solves:
-    the ``markov`` corpus (order 1) with a mask source. Anywhere else it fails before training.
+    Only defined where the truth is known: the ``markov`` corpus (order 1). The oracle solves
+    the teacher's own path: the mask-source posterior, or with the uniform source the
+    forward-backward posterior through the teacher's scheduler ``kappa(t)``. Anywhere else it
+    fails before training.
     """
-    from tsdfm.models.oracle import MarkovOracleDenoiser
+    from tsdfm.flow import make_scheduler
+    from tsdfm.models.oracle import MarkovOracleDenoiser, MarkovUniformOracleDenoiser
 
     chain = data.chain()
     if chain is None:
@@ -60,10 +63,10 @@ def exact_anchor(teacher: Denoiser, data):
             "student.anchor=oracle needs the markov corpus (the exact denoiser is the true "
             f"chain's); the data in {data.directory} is real text: use student.anchor=teacher"
         )
-    if teacher.config.source != "mask":
-        raise TsdfmError(
-            "student.anchor=oracle is the exact denoiser of the mask source; this teacher uses "
-            f"the {teacher.config.source} source: use student.anchor=teacher"
+    c = teacher.config
+    if c.source == "uniform":
+        return MarkovUniformOracleDenoiser(
+            chain, data.seq_len, make_scheduler(c.scheduler, c.exponent)
         )
     return MarkovOracleDenoiser(chain, data.seq_len)
 
