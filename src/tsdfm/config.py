@@ -217,7 +217,7 @@ class StudentConfig:
     ``target_space``: ``logits`` (FS-DFM's logit average, mode-seeking) or ``probs`` (the
     marginal-exact probability mixture). ``anchor``: what the rows at the teacher's own
     resolution (dt = 1/N) imitate: ``teacher`` (the frozen network) or, on the ``markov``
-    corpus with a mask source, ``oracle`` (the chain's exact denoiser,
+    corpus (mask or uniform source), ``oracle`` (the chain's exact denoiser,
     ``tsdfm.models.oracle``). The oracle anchor is the near-exact-teacher check of DESIGN.md
     section 3: with it the probability-mixture student should converge to the exact sampler's
     S-step marginals, so any remaining gap is the recipe's own, not the teacher's.
