@@ -37,16 +37,20 @@ from tsdfm.errors import TsdfmError
 from tsdfm.flow.scheduler import Scheduler
 
 
+def _require_order_one(chain: MarkovChain) -> None:
+    if chain.order != 1:
+        raise TsdfmError(
+            f"the exact denoiser is implemented for order-1 chains; this one has order "
+            f"{chain.order}"
+        )
+
+
 class MarkovOracleDenoiser(nn.Module):
     """``forward(x [B, L], t, dt) -> logits [B, L, V]`` (log of the exact posterior)."""
 
     def __init__(self, chain: MarkovChain, max_len: int):
         super().__init__()
-        if chain.order != 1:
-            raise TsdfmError(
-                f"the exact denoiser is implemented for order-1 chains; this one has order "
-                f"{chain.order}"
-            )
+        _require_order_one(chain)
         V = chain.vocab_size
         self.vocab_size, self.mask_id, self.max_len = V, V, max_len
         P = chain.transition.astype(np.float64)
@@ -108,11 +112,7 @@ class MarkovUniformOracleDenoiser(nn.Module):
 
     def __init__(self, chain: MarkovChain, max_len: int, scheduler: Scheduler):
         super().__init__()
-        if chain.order != 1:
-            raise TsdfmError(
-                f"the exact denoiser is implemented for order-1 chains; this one has order "
-                f"{chain.order}"
-            )
+        _require_order_one(chain)
         self.vocab_size, self.max_len, self.scheduler = chain.vocab_size, max_len, scheduler
         # No [MASK] with the uniform source; the sampler's ``mask_id`` is the vocabulary size.
         self.mask_id = chain.vocab_size
