@@ -144,3 +144,17 @@ def test_exact_anchor_from_the_cli(run):
     extra = json.loads((out / "model" / "config.json").read_text())["extra"]
     assert extra["anchor"] == "oracle" and extra["method"] == "blind"
     assert json.loads((out / "summary.json").read_text())["student"]["anchor"] == "oracle"
+
+
+def test_exact_joint_midpoints_from_the_cli(run, capsys):
+    """--midpoint exact-joint (the ceiling of navigation) trains and is recorded; combined with
+    navigation it is refused before anything is written."""
+    out = run[0] / "joint"
+    assert main(student_args(run, out, "--midpoint", "exact-joint")) == 0
+    extra = json.loads((out / "model" / "config.json").read_text())["extra"]
+    assert extra["midpoint"] == "exact-joint" and extra["method"] == "blind"
+    refused = run[0] / "joint-shaped"
+    args = student_args(run, refused, "--midpoint", "exact-joint", "--shaping", "oracle")
+    assert main(args + ["--candidates", "2"]) == 2
+    assert "cannot also be navigated" in capsys.readouterr().err
+    assert not refused.exists()

@@ -81,8 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     student.add_argument(
         "--anchor",
         choices=["teacher", "oracle"],
-        help="what the dt = 1/N rows imitate: the teacher network, or (markov, mask source) the "
-        "chain's exact denoiser, the near-exact-teacher check (default: student.anchor)",
+        help="what the dt = 1/N rows imitate: the teacher network, or (markov, either source) "
+        "the chain's exact denoiser, the near-exact-teacher check (default: student.anchor)",
+    )
+    student.add_argument(
+        "--midpoint",
+        choices=["model", "exact-marginal", "exact-joint"],
+        help="how shortcut midpoints are drawn: a jump with the network's prediction, or "
+        "(markov) the chain's exact per-position or exact joint law, the diagnostic ceiling of "
+        "navigation (default: student.midpoint)",
     )
 
     smp = sub.add_parser("sample", help="draw samples from a model directory")
@@ -300,6 +307,8 @@ def _train_student(args) -> None:
     cfg = _cfg(args)
     if args.anchor is not None:
         cfg.student.anchor = args.anchor
+    if args.midpoint is not None:
+        cfg.student.midpoint = args.midpoint
     navigate = _apply_shaping_flags(args, cfg.student.shaping)
     sh = cfg.student.shaping
     teacher_dir = _model_dir(args.teacher or f"runs/{cfg.name}/teacher")

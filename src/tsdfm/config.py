@@ -232,6 +232,11 @@ class StudentConfig:
     midpoint already committed becomes a point mass on that token, as the exact denoiser's is,
     instead of the untrained output a later midpoint would otherwise draw from
     (``tsdfm.shaping.shortcut``). False (default) is the recipe of the published results.
+    ``midpoint``: how the shortcut target's midpoints are drawn: ``model`` (default, a jump
+    with the target network's prediction; navigated when ``shaping`` is set) or, on the
+    ``markov`` corpus only, ``exact-marginal`` / ``exact-joint`` (the chain's exact
+    per-position law, or its exact joint law: the diagnostic ceiling of navigation,
+    ``tsdfm.shaping.exact_midpoint``).
     """
 
     train: TrainConfig = field(
@@ -245,6 +250,7 @@ class StudentConfig:
     target_temperature: float = 1.0
     target_committed: str = "denoiser"
     carry_over: bool = False
+    midpoint: str = "model"
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
 
     def validate(self, where: str = "student") -> None:
@@ -257,6 +263,7 @@ class StudentConfig:
         _choice(self, where, "target_space", ("logits", "probs"))
         _choice(self, where, "anchor", ("teacher", "oracle"))
         _choice(self, where, "target_committed", ("denoiser", "token"))
+        _choice(self, where, "midpoint", ("model", "exact-marginal", "exact-joint"))
         if self.target_committed == "token" and self.target_space != "probs":
             raise TsdfmError(
                 f"{where}.target_committed=token needs {where}.target_space=probs (a one-hot "

@@ -22,6 +22,12 @@ probability ``kappa(t)``, else a uniform draw, so the emission is
 
 and the chain plus these emissions is a hidden Markov model. Its exact per-position posterior
 is one forward-backward pass (:class:`MarkovUniformOracleDenoiser`, ``O(L V^2)`` per row).
+
+Both oracles also *sample* the clean sequence from its exact joint posterior,
+``x_1 ~ p(x_1 | x_t)`` (:meth:`sample_clean`, forward filtering then backward sampling). The
+per-position posteriors above are this law's marginals; a factorised sampler draws from their
+product instead and loses every correlation between positions. The joint draw is what an exact
+midpoint jump needs (``tsdfm.shaping.exact_midpoint``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from torch import Tensor, nn
 
 from tsdfm.data.markov import MarkovChain
 from tsdfm.errors import TsdfmError
+from tsdfm.flow.rng import categorical
 from tsdfm.flow.scheduler import Scheduler
 
 
@@ -43,6 +50,39 @@ def _require_order_one(chain: MarkovChain) -> None:
             f"the exact denoiser is implemented for order-1 chains; this one has order "
             f"{chain.order}"
         )
+
+
+def forward_filter(stationary: Tensor, transition: Tensor, emit: Tensor) -> Tensor:
+    """Normalised forward messages ``alpha [B, L, V]`` (float64) of the chain through ``emit``.
+
+    ``alpha_0 ∝ pi * e_0``, ``alpha_i ∝ (alpha_{i-1} P) * e_i``: the filtered law of ``x_1^i``
+    given the observations at positions ``0..i``. Normalising every position keeps L = 64 and
+    sharp chains from underflowing.
+    """
+    B, L, V = emit.shape
+    alpha = torch.empty(B, L, V, dtype=torch.float64, device=emit.device)
+    a = stationary * emit[:, 0]
+    alpha[:, 0] = a / a.sum(-1, keepdim=True)
+    for i in range(1, L):
+        a = (alpha[:, i - 1] @ transition) * emit[:, i]
+        alpha[:, i] = a / a.sum(-1, keepdim=True)
+    return alpha
+
+
+def backward_sample(alpha: Tensor, transition: Tensor, generator: torch.Generator) -> Tensor:
+    """One joint draw ``x [B, L]`` from the posterior whose forward messages are ``alpha``.
+
+    ``x^{L-1} ~ alpha_{L-1}``, then ``p(x^i = v | x^{i+1} = w, obs) ∝ alpha_i(v) P[v, w]`` right
+    to left: exact for a hidden Markov chain (forward filtering, backward sampling). Exactly
+    one categorical draw of V uniforms per position, so the generator advances by ``B L V``.
+    """
+    B, L, _ = alpha.shape
+    x = torch.empty(B, L, dtype=torch.long, device=alpha.device)
+    x[:, L - 1] = categorical(alpha[:, L - 1].clamp_min(1e-300).log(), generator)
+    for i in range(L - 2, -1, -1):
+        w = alpha[:, i] * transition[:, x[:, i + 1]].T  # [B, V]: alpha_i(v) P[v, x^{i+1}]
+        x[:, i] = categorical(w.clamp_min(1e-300).log(), generator)
+    return x
 
 
 class MarkovOracleDenoiser(nn.Module):
@@ -61,6 +101,26 @@ class MarkovOracleDenoiser(nn.Module):
         self.register_buffer("powers", torch.from_numpy(powers), persistent=False)
         self.register_buffer(
             "stationary", torch.from_numpy(chain.stationary.astype(np.float64)), persistent=False
+        )
+
+    def emission(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        """``p(x_t^i | x_1^i = v)`` up to a constant ``[B, L, V]``: one-hot where visible, 1 at
+        ``[MASK]`` (a masked position says nothing about its token)."""
+        visible = (x != self.mask_id)[..., None]
+        hit = torch.nn.functional.one_hot(x.clamp(max=self.vocab_size - 1), self.vocab_size)
+        return torch.where(
+            visible, hit.to(torch.float64), torch.ones_like(hit, dtype=torch.float64)
+        )
+
+    @torch.no_grad()
+    def sample_clean(
+        self, x: Tensor, t: Tensor | None = None, *, generator: torch.Generator
+    ) -> Tensor:
+        """One joint draw ``x_1 ~ p(x_1 | x_t) [B, L]`` (visible tokens are kept exactly)."""
+        return backward_sample(
+            forward_filter(self.stationary, self.powers[1], self.emission(x)),
+            self.powers[1],
+            generator,
         )
 
     def forward(self, x: Tensor, t: Tensor | None = None, dt: Tensor | None = None) -> Tensor:
@@ -122,7 +182,8 @@ class MarkovUniformOracleDenoiser(nn.Module):
             "stationary", torch.from_numpy(chain.stationary.astype(np.float64)), persistent=False
         )
 
-    def forward(self, x: Tensor, t: Tensor | None = None, dt: Tensor | None = None) -> Tensor:
+    def emission(self, x: Tensor, t: Tensor | None) -> Tensor:
+        """``p(x_t^i = o | x_1^i = v) = kappa(t) [o = v] + (1 - kappa(t)) / V`` as ``[B, L, V]``."""
         if t is None:
             raise TsdfmError("the uniform-source exact denoiser needs t (it sets the noise level)")
         B, L = x.shape
@@ -130,24 +191,29 @@ class MarkovUniformOracleDenoiser(nn.Module):
             raise TsdfmError(f"sequence length {L} exceeds the oracle's max_len {self.max_len}")
         if x.numel() and int(x.max()) >= self.vocab_size:
             raise TsdfmError("the uniform source has no [MASK]: ids must lie in [0, V)")
-        V, P = self.vocab_size, self.transition
+        V = self.vocab_size
         kappa = self.scheduler.kappa(t.to(torch.float64).reshape(-1)).expand(B)
         hit = torch.nn.functional.one_hot(x, V).to(torch.float64)
-        emit = kappa[:, None, None] * hit + ((1.0 - kappa) / V)[:, None, None]  # [B, L, V]
+        return kappa[:, None, None] * hit + ((1.0 - kappa) / V)[:, None, None]
 
-        alpha = torch.empty(B, L, V, dtype=torch.float64, device=x.device)
-        a = self.stationary * emit[:, 0]
-        alpha[:, 0] = a / a.sum(-1, keepdim=True)
-        for i in range(1, L):
-            a = (alpha[:, i - 1] @ P) * emit[:, i]
-            alpha[:, i] = a / a.sum(-1, keepdim=True)
-        beta = torch.ones(B, L, V, dtype=torch.float64, device=x.device)
-        for i in range(L - 2, -1, -1):
+    def forward(self, x: Tensor, t: Tensor | None = None, dt: Tensor | None = None) -> Tensor:
+        emit = self.emission(x, t)
+        P = self.transition
+        alpha = forward_filter(self.stationary, P, emit)
+        beta = torch.ones_like(alpha)
+        for i in range(x.shape[1] - 2, -1, -1):
             b = (emit[:, i + 1] * beta[:, i + 1]) @ P.T
             beta[:, i] = b / b.sum(-1, keepdim=True)
         post = alpha * beta
         post = post / post.sum(-1, keepdim=True)
         return post.clamp_min(1e-300).log().to(torch.float32)
+
+    @torch.no_grad()
+    def sample_clean(self, x: Tensor, t: Tensor | None, *, generator: torch.Generator) -> Tensor:
+        """One joint draw ``x_1 ~ p(x_1 | x_t) [B, L]`` (forward filtering, backward sampling)."""
+        emit = self.emission(x, t)
+        alpha = forward_filter(self.stationary, self.transition, emit)
+        return backward_sample(alpha, self.transition, generator)
 
 
 def load_markov_oracle(data_dir: str | Path) -> tuple[MarkovChain, MarkovOracleDenoiser, int]:
@@ -162,4 +228,10 @@ def load_markov_oracle(data_dir: str | Path) -> tuple[MarkovChain, MarkovOracleD
     return chain, MarkovOracleDenoiser(chain, data.seq_len), data.seq_len
 
 
-__all__ = ["MarkovOracleDenoiser", "MarkovUniformOracleDenoiser", "load_markov_oracle"]
+__all__ = [
+    "MarkovOracleDenoiser",
+    "MarkovUniformOracleDenoiser",
+    "backward_sample",
+    "forward_filter",
+    "load_markov_oracle",
+]

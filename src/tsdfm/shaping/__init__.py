@@ -8,6 +8,7 @@ from tsdfm.shaping.compass import (
     SelfCompass,
     load_compass,
 )
+from tsdfm.shaping.exact_midpoint import MIDPOINTS, exact_midpoint_jump
 from tsdfm.shaping.navigator import (
     Navigation,
     Navigator,
@@ -26,6 +27,7 @@ from tsdfm.shaping.shortcut import (
 
 __all__ = [
     "COMPASS_KINDS",
+    "MIDPOINTS",
     "CausalCompass",
     "Compass",
     "Navigation",
@@ -35,6 +37,7 @@ __all__ = [
     "blind_jump",
     "build_navigator",
     "distillation_loss",
+    "exact_midpoint_jump",
     "load_compass",
     "look_ahead",
     "sample_step_and_time",

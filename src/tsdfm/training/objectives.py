@@ -128,9 +128,13 @@ class ShortcutObjective:
         self.anchor = anchor if anchor is not None else teacher
 
     def to(self, device: torch.device) -> ShortcutObjective:
-        """Move the frozen models the targets need (teacher, compass) to the training device."""
+        """Move the frozen models the targets need (teacher, compass, exact midpoint oracle) to
+        the training device."""
         self.teacher.to(device)
         self.anchor.to(device)
+        oracle = getattr(self.jump_fn, "oracle", None)
+        if isinstance(oracle, nn.Module):
+            oracle.to(device)
         compass = getattr(self.navigator, "compass", None)
         for value in vars(compass).values() if compass is not None else ():
             if isinstance(value, nn.Module):

@@ -115,6 +115,14 @@ def shaping_setup(
     """
     sh = cfg.student.shaping
     suffix = "-exact-anchor" if cfg.student.anchor == "oracle" else ""
+    kind = cfg.student.midpoint
+    if kind != "model":
+        if navigate:
+            raise TsdfmError(
+                f"student.midpoint={kind} replaces the midpoint jump with the chain's exact law; "
+                "it cannot also be navigated: drop the shaping options (or set midpoint=model)"
+            )
+        return exact_midpoint_setup(cfg, teacher_dir, data_dir, kind, suffix)
     if not navigate:
         return None, "blind", None, "student-blind" + suffix
     from tsdfm.shaping import shaped_jump
@@ -134,6 +142,31 @@ def shaping_setup(
         + suffix
     )
     return jump_fn, ("shaped" if sh.candidates > 1 else "blind"), extra, name
+
+
+def exact_midpoint_setup(
+    cfg: ExperimentConfig, teacher_dir: Path, data_dir: Path, kind: str, suffix: str
+):
+    """``shaping_setup`` for ``student.midpoint=exact-marginal|exact-joint`` (markov only)."""
+    from tsdfm.flow import make_scheduler
+    from tsdfm.shaping import exact_midpoint_jump
+
+    data = load_prepared(Path(data_dir), verify=True)
+    teacher = load_teacher(Path(teacher_dir), data)
+    if data.chain() is None:
+        raise TsdfmError(
+            f"student.midpoint={kind} needs the markov corpus (only a known chain has an exact "
+            f"midpoint law); the data in {data.directory} is real text: use student.midpoint=model"
+        )
+    c = teacher.config
+    jump_fn = exact_midpoint_jump(
+        exact_anchor(teacher, data),
+        make_scheduler(c.scheduler, c.exponent),
+        c.source,
+        teacher.config.mask_id,
+        kind,
+    )
+    return jump_fn, "blind", {"midpoint": kind}, f"student-midpoint-{kind}" + suffix
 
 
 def train_student(
@@ -169,6 +202,7 @@ def train_student(
             "anchor": cfg.student.anchor,
             "target_committed": cfg.student.target_committed,
             "carry_over": cfg.student.carry_over,
+            "midpoint": cfg.student.midpoint,
             "teacher_steps": cfg.student.teacher_steps,
             "dt_weights": cfg.student.dt_weights,
             **(extra or {}),
