@@ -125,3 +125,4 @@ def test_temperature_frontier_averages_seeds_per_family_and_temperature(load_scr
     assert t09[:2] == (0.9, 1) and t1[:2] == (1.0, 2)
     assert t1[2] == 3.5 and abs(t1[3] - 2.13) < 1e-12 and abs(t1[4] - 0.11) < 1e-12
     assert script.plot(fams, data, tmp_path / "f.png").stat().st_size > 0
+    assert script.plot(fams, data, tmp_path / "g.png", x="truth-nll").stat().st_size > 0

@@ -86,10 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     student.add_argument(
         "--midpoint",
-        choices=["model", "exact-marginal", "exact-joint"],
-        help="how shortcut midpoints are drawn: a jump with the network's prediction, or "
-        "(markov) the chain's exact per-position or exact joint law, the diagnostic ceiling of "
-        "navigation (default: student.midpoint)",
+        choices=["model", "teacher", "exact-marginal", "exact-joint"],
+        help="how shortcut midpoints are drawn: a jump with the network's prediction, with the "
+        "frozen teacher's posterior, or (markov) with the chain's exact per-position or exact "
+        "joint law, the diagnostic ceiling of navigation (default: student.midpoint)",
     )
 
     smp = sub.add_parser("sample", help="draw samples from a model directory")

@@ -233,10 +233,10 @@ class StudentConfig:
     instead of the untrained output a later midpoint would otherwise draw from
     (``tsdfm.shaping.shortcut``). False (default) is the recipe of the published results.
     ``midpoint``: how the shortcut target's midpoints are drawn: ``model`` (default, a jump
-    with the target network's prediction; navigated when ``shaping`` is set) or, on the
-    ``markov`` corpus only, ``exact-marginal`` / ``exact-joint`` (the chain's exact
-    per-position law, or its exact joint law: the diagnostic ceiling of navigation,
-    ``tsdfm.shaping.exact_midpoint``).
+    with the target network's prediction; navigated when ``shaping`` is set), ``teacher`` (a
+    jump with the frozen teacher's posterior, any corpus) or, on the ``markov`` corpus only,
+    ``exact-marginal`` / ``exact-joint`` (the chain's exact per-position law, or its exact
+    joint law: the diagnostic ceiling of navigation; ``tsdfm.shaping.midpoints``).
     """
 
     train: TrainConfig = field(
@@ -263,7 +263,7 @@ class StudentConfig:
         _choice(self, where, "target_space", ("logits", "probs"))
         _choice(self, where, "anchor", ("teacher", "oracle"))
         _choice(self, where, "target_committed", ("denoiser", "token"))
-        _choice(self, where, "midpoint", ("model", "exact-marginal", "exact-joint"))
+        _choice(self, where, "midpoint", ("model", "teacher", "exact-marginal", "exact-joint"))
         if self.target_committed == "token" and self.target_space != "probs":
             raise TsdfmError(
                 f"{where}.target_committed=token needs {where}.target_space=probs (a one-hot "

@@ -27,7 +27,7 @@ Both oracles also *sample* the clean sequence from its exact joint posterior,
 ``x_1 ~ p(x_1 | x_t)`` (:meth:`sample_clean`, forward filtering then backward sampling). The
 per-position posteriors above are this law's marginals; a factorised sampler draws from their
 product instead and loses every correlation between positions. The joint draw is what an exact
-midpoint jump needs (``tsdfm.shaping.exact_midpoint``).
+midpoint jump needs (``tsdfm.shaping.midpoints``).
 """
 
 from __future__ import annotations

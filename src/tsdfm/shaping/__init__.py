@@ -8,7 +8,7 @@ from tsdfm.shaping.compass import (
     SelfCompass,
     load_compass,
 )
-from tsdfm.shaping.exact_midpoint import MIDPOINTS, exact_midpoint_jump
+from tsdfm.shaping.midpoints import MIDPOINTS, midpoint_jump
 from tsdfm.shaping.navigator import (
     Navigation,
     Navigator,
@@ -37,9 +37,9 @@ __all__ = [
     "blind_jump",
     "build_navigator",
     "distillation_loss",
-    "exact_midpoint_jump",
     "load_compass",
     "look_ahead",
+    "midpoint_jump",
     "sample_step_and_time",
     "shaped_jump",
     "shortcut_target",

@@ -119,10 +119,10 @@ def shaping_setup(
     if kind != "model":
         if navigate:
             raise TsdfmError(
-                f"student.midpoint={kind} replaces the midpoint jump with the chain's exact law; "
-                "it cannot also be navigated: drop the shaping options (or set midpoint=model)"
+                f"student.midpoint={kind} replaces the midpoint jump; it cannot also be "
+                "navigated: drop the shaping options (or set midpoint=model)"
             )
-        return exact_midpoint_setup(cfg, teacher_dir, data_dir, kind, suffix)
+        return midpoint_setup(cfg, teacher_dir, data_dir, kind, suffix)
     if not navigate:
         return None, "blind", None, "student-blind" + suffix
     from tsdfm.shaping import shaped_jump
@@ -144,27 +144,26 @@ def shaping_setup(
     return jump_fn, ("shaped" if sh.candidates > 1 else "blind"), extra, name
 
 
-def exact_midpoint_setup(
+def midpoint_setup(
     cfg: ExperimentConfig, teacher_dir: Path, data_dir: Path, kind: str, suffix: str
 ):
-    """``shaping_setup`` for ``student.midpoint=exact-marginal|exact-joint`` (markov only)."""
+    """``shaping_setup`` for ``student.midpoint=teacher|exact-marginal|exact-joint``: a blind
+    student whose midpoints come from the frozen teacher or (markov) the chain's exact law."""
     from tsdfm.flow import make_scheduler
-    from tsdfm.shaping import exact_midpoint_jump
+    from tsdfm.shaping import midpoint_jump
 
     data = load_prepared(Path(data_dir), verify=True)
     teacher = load_teacher(Path(teacher_dir), data)
-    if data.chain() is None:
+    if kind != "teacher" and data.chain() is None:
         raise TsdfmError(
             f"student.midpoint={kind} needs the markov corpus (only a known chain has an exact "
-            f"midpoint law); the data in {data.directory} is real text: use student.midpoint=model"
+            f"midpoint law); the data in {data.directory} is real text: use student.midpoint="
+            "model or teacher"
         )
     c = teacher.config
-    jump_fn = exact_midpoint_jump(
-        exact_anchor(teacher, data),
-        make_scheduler(c.scheduler, c.exponent),
-        c.source,
-        teacher.config.mask_id,
-        kind,
+    denoiser = teacher if kind == "teacher" else exact_anchor(teacher, data)
+    jump_fn = midpoint_jump(
+        denoiser, make_scheduler(c.scheduler, c.exponent), c.source, c.mask_id, kind
     )
     return jump_fn, "blind", {"midpoint": kind}, f"student-midpoint-{kind}" + suffix
 

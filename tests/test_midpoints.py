@@ -1,4 +1,4 @@
-"""Exact midpoints (``student.midpoint``): the joint posterior draw and the two exact jumps.
+"""Midpoints (``student.midpoint``): the joint posterior draw, the exact jumps, the teacher's.
 
 The claim the diagnostic rests on: ``exact-joint`` and ``exact-marginal`` midpoints have the
 same per-position law and differ only in the correlations between positions, and the joint one
@@ -19,7 +19,7 @@ from tsdfm.data.markov import MarkovChain
 from tsdfm.errors import TsdfmError
 from tsdfm.flow import make_scheduler, switch_probability
 from tsdfm.models.oracle import MarkovOracleDenoiser, MarkovUniformOracleDenoiser
-from tsdfm.shaping import exact_midpoint_jump
+from tsdfm.shaping import blind_jump, midpoint_jump
 from tsdfm.training import student as student_mod
 from tsdfm.training.objectives import ShortcutObjective
 
@@ -108,8 +108,8 @@ def test_joint_jump_is_the_true_midpoint_law_and_marginal_jump_is_not(source, x)
     logits = torch.zeros(N, L, V)  # the network's prediction: ignored by both exact jumps
     q = float(switch_probability(t, h, SCHED))
     want = brute_midpoint_law(chain, x, source, kappa=t, q=q)
-    joint = exact_midpoint_jump(oracle, SCHED, source, mask_id, "exact-joint")
-    marg = exact_midpoint_jump(oracle, SCHED, source, mask_id, "exact-marginal")
+    joint = midpoint_jump(oracle, SCHED, source, mask_id, "exact-joint")
+    marg = midpoint_jump(oracle, SCHED, source, mask_id, "exact-marginal")
     yj = joint(xs, logits, tt, hh, torch.Generator().manual_seed(1))
     ym = marg(xs, logits, tt, hh, torch.Generator().manual_seed(2))
     assert tv(empirical(yj), want) < 0.03
@@ -140,7 +140,7 @@ def test_shortcut_targets_run_with_exact_midpoints():
     t, dt = torch.full((6,), 0.25), torch.full((6,), 0.25)
     targets = []
     for kind in ("exact-marginal", "exact-joint"):
-        jump_fn = exact_midpoint_jump(oracle, SCHED, "uniform", 8, kind)
+        jump_fn = midpoint_jump(oracle, SCHED, "uniform", 8, kind)
         obj = ShortcutObjective(teacher, StudentConfig(teacher_steps=16), 8, 8, jump_fn=jump_fn)
         assert obj.to(torch.device("cpu")) is obj
         target, anchor = obj.targets(x, t, dt, torch.Generator().manual_seed(5))
@@ -153,8 +153,10 @@ def test_shortcut_targets_run_with_exact_midpoints():
 def test_midpoint_option_is_validated_and_refused_where_it_means_nothing(monkeypatch):
     with pytest.raises(TsdfmError, match="midpoint must be one of"):
         StudentConfig(midpoint="exact").validate()
-    with pytest.raises(TsdfmError, match="unknown exact midpoint"):
-        exact_midpoint_jump(None, SCHED, "mask", 8, "model")
+    with pytest.raises(TsdfmError, match="unknown midpoint kind"):
+        midpoint_jump(None, SCHED, "mask", 8, "model")
+    with pytest.raises(TsdfmError, match="exact denoiser"):
+        midpoint_jump(tiny_teacher(), SCHED, "mask", 8, "exact-joint")
     cfg = ExperimentConfig()
     cfg.student.midpoint = "exact-joint"
     with pytest.raises(TsdfmError, match="cannot also be navigated"):
@@ -164,6 +166,11 @@ def test_midpoint_option_is_validated_and_refused_where_it_means_nothing(monkeyp
     monkeypatch.setattr(student_mod, "load_teacher", lambda *a, **k: tiny_teacher())
     with pytest.raises(TsdfmError, match="needs the markov corpus"):
         student_mod.shaping_setup(cfg, "runs/x/teacher/model", "runs/x/data", navigate=False)
+    cfg.student.midpoint = "teacher"  # the teacher's posterior exists on any corpus
+    jump_fn, _, extra, name = student_mod.shaping_setup(cfg, "t", "d", navigate=False)
+    assert extra == {"midpoint": "teacher"} and name == "student-midpoint-teacher"
+    assert jump_fn.midpoint == "teacher" and jump_fn.oracle.config.source == "mask"
+    cfg.student.midpoint = "exact-joint"
     chain = MarkovChain(vocab_size=8, order=1, alpha=0.3, eps=0.02, seed=0)
     markov = SimpleNamespace(chain=lambda: chain, directory="runs/m/data", seq_len=12)
     monkeypatch.setattr(student_mod, "load_prepared", lambda *a, **k: markov)
@@ -176,3 +183,20 @@ def test_midpoint_option_is_validated_and_refused_where_it_means_nothing(monkeyp
         "student-midpoint-exact-joint",
     )
     assert jump_fn.midpoint == "exact-joint" and isinstance(jump_fn.oracle, MarkovOracleDenoiser)
+
+
+def test_teacher_midpoints_are_the_blind_jump_with_the_teachers_posterior():
+    """``teacher``: the network's prediction is replaced by the frozen teacher's, nothing else."""
+    teacher = tiny_teacher("uniform")
+    sched = make_scheduler("polynomial")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 8, (5, 12), generator=gen)
+    t, h = torch.full((5,), 0.2), torch.full((5,), 0.25)
+    student_logits = torch.randn(5, 12, 8, generator=gen)
+    fn = midpoint_jump(teacher, sched, "uniform", 8, "teacher")
+    got = fn(x, student_logits, t, h, torch.Generator().manual_seed(3))
+    blind = blind_jump(sched, "uniform", 8)
+    with torch.no_grad():
+        want = blind(x, teacher(x, t, h), t, h, torch.Generator().manual_seed(3))
+    assert torch.equal(got, want)
+    assert not torch.equal(got, blind(x, student_logits, t, h, torch.Generator().manual_seed(3)))
