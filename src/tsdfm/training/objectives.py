@@ -128,7 +128,7 @@ class ShortcutObjective:
         self.anchor = anchor if anchor is not None else teacher
 
     def to(self, device: torch.device) -> ShortcutObjective:
-        """Move the frozen models the targets need (teacher, compass, exact midpoint oracle) to
+        """Move the frozen models the targets need (teacher, compass, midpoint denoiser) to
         the training device."""
         self.teacher.to(device)
         self.anchor.to(device)
