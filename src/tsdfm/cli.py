@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tsdfm import __version__
+from tsdfm.config import MIDPOINT_KINDS
 from tsdfm.errors import TsdfmError
 
 
@@ -86,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     student.add_argument(
         "--midpoint",
-        choices=["model", "teacher", "exact-marginal", "exact-joint"],
+        choices=MIDPOINT_KINDS,
         help="how shortcut midpoints are drawn: a jump with the network's prediction, with the "
         "frozen teacher's posterior, or (markov) with the chain's exact per-position or exact "
         "joint law, the diagnostic ceiling of navigation (default: student.midpoint)",

@@ -206,6 +206,9 @@ class ShapingConfig:
             )
 
 
+MIDPOINT_KINDS = ("model", "teacher", "exact-marginal", "exact-joint")
+
+
 @dataclass
 class StudentConfig:
     """Few-step student by shortcut self-distillation (FS-DFM), DESIGN.md section 3.
@@ -263,7 +266,7 @@ class StudentConfig:
         _choice(self, where, "target_space", ("logits", "probs"))
         _choice(self, where, "anchor", ("teacher", "oracle"))
         _choice(self, where, "target_committed", ("denoiser", "token"))
-        _choice(self, where, "midpoint", ("model", "teacher", "exact-marginal", "exact-joint"))
+        _choice(self, where, "midpoint", MIDPOINT_KINDS)
         if self.target_committed == "token" and self.target_space != "probs":
             raise TsdfmError(
                 f"{where}.target_committed=token needs {where}.target_space=probs (a one-hot "

@@ -85,7 +85,20 @@ def backward_sample(alpha: Tensor, transition: Tensor, generator: torch.Generato
     return x
 
 
-class MarkovOracleDenoiser(nn.Module):
+class _ChainPosterior(nn.Module):
+    """What both exact denoisers share: a chain (``stationary``, ``transition`` buffers) seen
+    through a source-specific ``emission(x, t) [B, L, V]``, and the joint posterior draw."""
+
+    @torch.no_grad()
+    def sample_clean(
+        self, x: Tensor, t: Tensor | None = None, *, generator: torch.Generator
+    ) -> Tensor:
+        """One joint draw ``x_1 ~ p(x_1 | x_t) [B, L]`` (forward filtering, backward sampling)."""
+        alpha = forward_filter(self.stationary, self.transition, self.emission(x, t))
+        return backward_sample(alpha, self.transition, generator)
+
+
+class MarkovOracleDenoiser(_ChainPosterior):
     """``forward(x [B, L], t, dt) -> logits [B, L, V]`` (log of the exact posterior)."""
 
     def __init__(self, chain: MarkovChain, max_len: int):
@@ -112,16 +125,9 @@ class MarkovOracleDenoiser(nn.Module):
             visible, hit.to(torch.float64), torch.ones_like(hit, dtype=torch.float64)
         )
 
-    @torch.no_grad()
-    def sample_clean(
-        self, x: Tensor, t: Tensor | None = None, *, generator: torch.Generator
-    ) -> Tensor:
-        """One joint draw ``x_1 ~ p(x_1 | x_t) [B, L]`` (visible tokens are kept exactly)."""
-        return backward_sample(
-            forward_filter(self.stationary, self.powers[1], self.emission(x)),
-            self.powers[1],
-            generator,
-        )
+    @property
+    def transition(self) -> Tensor:
+        return self.powers[1]
 
     def forward(self, x: Tensor, t: Tensor | None = None, dt: Tensor | None = None) -> Tensor:
         B, L = x.shape
@@ -155,7 +161,7 @@ class MarkovOracleDenoiser(nn.Module):
         return post.clamp_min(1e-300).log().to(torch.float32)
 
 
-class MarkovUniformOracleDenoiser(nn.Module):
+class MarkovUniformOracleDenoiser(_ChainPosterior):
     """``forward(x [B, L], t [B], dt) -> logits [B, L, V]``: the exact uniform-source posterior.
 
     Forward-backward on the chain with the emission of the module doc, normalised at every
@@ -207,13 +213,6 @@ class MarkovUniformOracleDenoiser(nn.Module):
         post = alpha * beta
         post = post / post.sum(-1, keepdim=True)
         return post.clamp_min(1e-300).log().to(torch.float32)
-
-    @torch.no_grad()
-    def sample_clean(self, x: Tensor, t: Tensor | None, *, generator: torch.Generator) -> Tensor:
-        """One joint draw ``x_1 ~ p(x_1 | x_t) [B, L]`` (forward filtering, backward sampling)."""
-        emit = self.emission(x, t)
-        alpha = forward_filter(self.stationary, self.transition, emit)
-        return backward_sample(alpha, self.transition, generator)
 
 
 def load_markov_oracle(data_dir: str | Path) -> tuple[MarkovChain, MarkovOracleDenoiser, int]:

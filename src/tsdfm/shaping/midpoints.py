@@ -41,12 +41,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from tsdfm.config import MIDPOINT_KINDS as MIDPOINTS
 from tsdfm.errors import TsdfmError
 from tsdfm.flow import Scheduler, jump, switch_probability
 from tsdfm.flow.rng import uniform
 from tsdfm.shaping.shortcut import JumpFn
-
-MIDPOINTS = ("model", "teacher", "exact-marginal", "exact-joint")
 
 
 def midpoint_jump(
