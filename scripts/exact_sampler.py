@@ -1,8 +1,8 @@
 """Samples from the EXACT denoiser of the markov chain with the finite-step sampler.
 
-What a perfect teacher scores at S steps (and what a student trained on the marginal-exact
-probability-mixture target converges to): the row that separates the sampler's own error from
-the model's. See ``tsdfm.models.oracle``. Usage::
+What a perfect teacher scores at S steps (and, for the mask source, what a student trained on
+the marginal-exact probability-mixture target converges to): the row that separates the
+sampler's own error from the model's. See ``tsdfm.models.oracle``. Usage::
 
     python scripts/exact_sampler.py --data runs/markov/data --steps 1024 8 4 2 1 \\
         --num 2048 --seed 4321 --out docs/results/markov-shaping/samples
@@ -18,6 +18,12 @@ few-step n-gram TV such a deliberate distortion of the target can reach.
 ``--source uniform`` drives the uniform-source exact denoiser (forward-backward through the
 noise, linear scheduler kappa(t) = t as in ``configs/markov.yaml``) from uniform noise instead:
 the perfect uniform-source teacher. Its forward pass cannot be cached, so S steps cost S calls.
+
+``--composite N --chains M`` samples instead what a *perfectly distilled* student anchored at
+N steps would (``tsdfm.flow.composite``): every one of the S big steps is the per-position law
+of N / S exact jumps, drawn from M fine chains, into ``exact-composite<N>[-uniform]_<S>.jsonl``.
+For the mask source it matches the plain exact sampler in law; for the uniform source it shows
+where the distillation target itself lies, apart from any network's fit of it.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from tsdfm.artifacts import now_iso
 from tsdfm.data import load_prepared
 from tsdfm.errors import TsdfmError
 from tsdfm.flow import make_scheduler, sample, sample_source
+from tsdfm.flow.composite import composite_sample
 from tsdfm.generation import SampleSet, write_samples
 from tsdfm.models.oracle import (
     MarkovOracleDenoiser,
@@ -61,10 +68,25 @@ def main() -> None:
         default="mask",
         help="the path's source: all-[MASK] (default) or uniform noise",
     )
+    ap.add_argument(
+        "--composite",
+        type=int,
+        metavar="N",
+        help="sample the composed law of N fine steps per unit time (a perfectly distilled "
+        "student anchored at N steps) instead of one exact jump per step",
+    )
+    ap.add_argument("--chains", type=int, default=32, help="fine chains per composite step")
     ap.add_argument("--out", required=True, help="folder for exact[-T<T>]_<steps>.jsonl")
     args = ap.parse_args()
     if any(not t > 0 for t in args.temperature):
         raise SystemExit(f"error: temperatures must be > 0, got {args.temperature}")
+    if args.composite is not None:
+        bad = [s for s in args.steps if s > args.composite or args.composite % s]
+        if bad or args.chains < 1 or args.temperature != [1.0]:
+            raise SystemExit(
+                f"error: --composite {args.composite} needs every --steps to divide it (not "
+                f"{bad}), --chains >= 1 and no --temperature"
+            )
 
     try:
         chain, oracle, seq_len = load_markov_oracle(args.data)
@@ -78,6 +100,8 @@ def main() -> None:
             ids, meta = _draw(oracle, seq_len, steps, temp, args)
             meta["tokenizer_fingerprint"] = tok.fingerprint()
             name = "exact" if temp == 1.0 else f"exact-T{temp:g}"
+            if args.composite is not None:
+                name = f"exact-composite{args.composite}"
             if args.source == "uniform":
                 name = name.replace("exact", "exact-uniform", 1)
             path = write_samples(
@@ -102,6 +126,15 @@ def _draw(
     for start in range(0, args.num, args.batch_size):
         b = min(args.batch_size, args.num - start)
         x0 = sample_source((b, L), args.source, oracle.mask_id, oracle.mask_id, gen)
+        if args.composite is not None:
+            sub = args.composite // steps
+            chunks.append(
+                composite_sample(
+                    oracle, x0, steps, sub, args.chains, sched, args.source, oracle.mask_id, gen
+                )
+            )
+            nfe = steps * sub
+            continue
         cache = args.source == "mask"
         res = sample(
             oracle,
@@ -119,16 +152,21 @@ def _draw(
     meta = {
         "model": f"exact denoiser of the markov chain ({args.data})",
         "model_type": "oracle",
-        "method": "exact",
-        "label": "exact denoiser" if args.source == "mask" else "exact denoiser (uniform)",
+        "method": "exact" if args.composite is None else "exact-composite",
+        "label": (
+            "exact denoiser" if args.composite is None else f"exact composite {args.composite}"
+        )
+        + ("" if args.source == "mask" else " (uniform)"),
         "source": args.source,
         "steps": steps,
         "num_samples": args.num,
         "seq_len": L,
         "seed": args.seed,
         "sampler": {
-            "kind": "dfm-exact-jump",
-            "forward_cache": args.source == "mask",
+            "kind": "dfm-exact-jump" if args.composite is None else "composite",
+            "forward_cache": args.source == "mask" and args.composite is None,
+            "composite_steps": args.composite,
+            "chains": args.chains if args.composite is not None else None,
             "temperature": temp,
             "draw_precision": "float64",
         },

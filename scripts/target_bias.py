@@ -48,7 +48,7 @@ class MeanTarget(nn.Module):
         v = oracle.vocab_size
         # the path settings oracle_gap reads from a model's config; markov's linear schedule
         self.config = types.SimpleNamespace(
-            scheduler="polynomial", exponent=1.0, mask_id=v, num_classes=v
+            scheduler="polynomial", exponent=1.0, source="mask", mask_id=v, num_classes=v
         )
         self.scheduler = make_scheduler(self.config.scheduler, self.config.exponent)
         self.jump = blind_jump(self.scheduler, "mask", v)

@@ -266,3 +266,14 @@ def test_exact_sampler_script_writes_one_labelled_file_per_temperature(
     assert metau["source"] == "uniform" and describe(metau)["arm"] == "exact denoiser (uniform)"
     assert not metau["sampler"]["forward_cache"] and idsu.shape == (64, L)
     assert int(idsu.max()) < markov.tokenizer.mask_id
+    # the composed law of 4 fine exact jumps per unit time, factorised over 2 chains
+    comp = argv[:-5] + ["--source", "uniform", "--composite", "4", "--chains", "2"]
+    monkeypatch.setattr(sys, "argv", [*comp, "--out", str(tmp_path)])
+    load_script("exact_sampler").main()
+    idsc, _, metac = read_samples(tmp_path / "exact-uniform-composite4_2.jsonl")
+    assert describe(metac)["arm"] == "exact composite 4 (uniform)" and idsc.shape == (64, L)
+    assert metac["sampler"]["kind"] == "composite" and metac["sampler"]["chains"] == 2
+    assert metac["nfe_nominal"] == 2 and int(idsc.max()) < markov.tokenizer.mask_id
+    monkeypatch.setattr(sys, "argv", [*comp[:-4], "--composite", "3", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="divide"):
+        load_script("exact_sampler").main()

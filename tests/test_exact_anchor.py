@@ -71,12 +71,59 @@ def test_oracle_gap_is_zero_for_the_oracle_and_positive_for_a_network():
     oracle.config = tiny_teacher().config  # the gap reads the path's settings from .config
     x1 = torch.from_numpy(chain.sample(64, 12, seed=2)).long()
     zero = oracle_gap(oracle, oracle, x1, [8, 2], torch.Generator().manual_seed(0))
-    assert all(abs(v) < 1e-9 for way in zero.values() for v in way.values())
+    ways = ("forward", "reverse", "flatness")
+    assert all(abs(v) < 1e-9 for way in ways for v in zero[way].values())
     net = oracle_gap(tiny_teacher(), oracle, x1, [8, 2], torch.Generator().manual_seed(0))
     assert all(v > 0.01 for way in ("forward", "reverse") for v in net[way].values())
-    assert set(net) == {"forward", "reverse", "flatness"} and set(net["reverse"]) == {8, 2}
+    assert set(net) == {*ways, "forward_by_time"} and set(net["reverse"]) == {8, 2}
     # an untrained network is near uniform: flatter than the chain's posterior
     assert all(v > 0 for v in net["flatness"].values())
+
+
+def test_oracle_gap_uniform_source_scores_every_position_and_splits_by_time():
+    """Uniform source: the exact posterior comes through the model's scheduler, no position is
+    masked, so the average runs over all of them; the per-time split averages back to the total."""
+    from tsdfm.evaluation.oracle_gap import oracle_gap
+
+    chain = MarkovChain(vocab_size=8, order=1, alpha=0.3, eps=0.02, seed=3)
+    net = tiny_teacher("uniform")
+    oracle = exact_anchor(net, SimpleNamespace(chain=lambda: chain, seq_len=12, directory="d"))
+    assert isinstance(oracle, MarkovUniformOracleDenoiser)
+    oracle.config = net.config
+    x1 = torch.from_numpy(chain.sample(64, 12, seed=2)).long()
+    zero = oracle_gap(oracle, oracle, x1, [4], torch.Generator().manual_seed(0))
+    assert abs(zero["forward"][4]) < 1e-9 and abs(zero["reverse"][4]) < 1e-9
+    gap = oracle_gap(net, oracle, x1, [4], torch.Generator().manual_seed(0))
+    assert gap["forward"][4] > 0.01
+    by_time = gap["forward_by_time"][4]
+    assert len(by_time) == 4 and all(v is None or v > 0 for v in by_time)
+    # every sequence scores all 12 positions, so the total is the count-weighted mean of the split
+    k = torch.randint(0, 4, (64,), generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(k, minlength=4).double()
+    mean = sum(float(n) * v for n, v in zip(counts, by_time, strict=True) if v is not None) / 64
+    assert abs(mean - gap["forward"][4]) < 1e-9
+
+
+def test_composite_step_is_stickier_than_the_posterior_at_the_start():
+    """At t = 0 the uniform source shows pure noise: the exact posterior puts only the
+    stationary mass on the current token, the composed fine chain (a distilled student's ideal)
+    measurably more; a mask-source model has no such measure."""
+    from tsdfm.evaluation.oracle_gap import current_token_mass
+
+    chain = MarkovChain(vocab_size=8, order=1, alpha=0.3, eps=0.02, seed=3)
+    net = tiny_teacher("uniform")
+    oracle = exact_anchor(net, SimpleNamespace(chain=lambda: chain, seq_len=12, directory="d"))
+    oracle.config = net.config
+    x1 = torch.from_numpy(chain.sample(512, 12, seed=2)).long()
+    post = current_token_mass(oracle, x1, 2, torch.Generator().manual_seed(0))
+    comp = current_token_mass(
+        oracle, x1, 2, torch.Generator().manual_seed(0), composite=(oracle, 8, 4)
+    )
+    # the posterior at t = 0 is the stationary law pi; over uniform noise, E[pi(x_t)] = 1 / V
+    assert abs(post[0] - 1 / 8) < 0.01
+    assert comp[0] > post[0] + 0.03
+    with pytest.raises(TsdfmError, match="uniform-source"):
+        current_token_mass(tiny_teacher(), x1, 2, torch.Generator())
 
 
 def test_oracle_gap_script(tmp_path, load_script):
@@ -89,12 +136,33 @@ def test_oracle_gap_script(tmp_path, load_script):
     teacher = tiny_teacher()
     teacher.config.tokenizer_fingerprint = tok.fingerprint()
     teacher.save_pretrained(tmp_path / "t" / "model", tokenizer=tok)
+    uniform = tiny_teacher("uniform")
+    uniform.config.tokenizer_fingerprint = tok.fingerprint()
+    uniform.save_pretrained(tmp_path / "u" / "model", tokenizer=tok)
     script = load_script("oracle_gap")
     args = ["--data", str(data), "--model", f"t={tmp_path / 't'}", "--steps", "4", "1"]
+    args += ["--model", f"u={tmp_path / 'u'}"]
     assert script.main([*args, "--num", "16", "--out", str(tmp_path / "out")]) == 0
     table = (tmp_path / "out" / "oracle_gap.md").read_text()
-    assert all(f"| t | {way} | " in table for way in ("forward", "reverse", "flatness"))
-    assert "S = 4" in table
+    assert all(f"| {m} | {way} | " in table for m in "tu" for way in ("forward", "reverse"))
+    assert "S = 4" in table and "t = 0/1" in table  # no S = 8 given: the smallest is split
+    assert script.main([*args, "--num", "16", "--by-time", "4", "--out", str(tmp_path / "o")]) == 0
+    assert "t = 3/4" in (tmp_path / "o" / "oracle_gap.md").read_text()
+    with pytest.raises(SystemExit):
+        script.main([*args, "--by-time", "8", "--out", str(tmp_path / "o")])
+    # uniform-source stickiness beside the exact posterior and the composed fine chain
+    keep = ["--by-time", "4", "--keep", "8", "2", "--out", str(tmp_path / "k")]
+    assert script.main([*args, "--num", "16", *keep]) == 0
+    table = (tmp_path / "k" / "oracle_gap.md").read_text()
+    assert "| exact posterior | " in table and "| exact composite 8 | " in table
+    assert (
+        "| u | " in table.split("current token")[1]
+        and "| t | " not in table.split("current token")[1]
+    )
+    with pytest.raises(SystemExit):
+        script.main([*args, "--by-time", "4", "--keep", "6", "2", "--out", str(tmp_path / "k")])
+    rows = json.loads((tmp_path / "out" / "oracle_gap.json").read_text())["rows"]
+    assert rows["u"]["source"] == "uniform" and rows["u"]["gap"]["forward"]["4"] > 0
     assert script.main(["--data", str(data), "--model", "nonsense", "--out", str(tmp_path)]) == 2
 
 

@@ -21,10 +21,13 @@ Two ways to combine them (``space``):
   product of experts, sharper than any of its members (mode-seeking). FS-DFM's choice.
 * ``probs``: average the *probabilities* instead. For Heun this is the marginal-exact
   composition of two masked half steps, ``(q1 p(k1) + (1 - q1) q2 p(k2)) / q`` (equal weights
-  for linear kappa); RK4 uses its (1, 2, 2, 1)/6 weights. Because the exact
-  denoiser is a martingale, ``E[p(k_i)] = p(k1)`` and this target equals the one-step posterior
+  for linear kappa); RK4 uses its (1, 2, 2, 1)/6 weights. For the mask source the exact
+  denoiser is a martingale, ``E[p(k_i)] = p(k1)``, and this target equals the one-step posterior
   in expectation: a student trained on it reproduces the teacher at equal steps (a correctness
-  check), and only *biased* midpoints -- trajectory shaping -- can move it elsewhere.
+  check), and only *biased* midpoints -- trajectory shaping -- can move it elsewhere. For the
+  uniform source it is not: the composed fine jumps keep the current token more often than one
+  posterior jump, so the student's ideal is that composed law (:mod:`tsdfm.flow.composite`
+  samples it), not the teacher at equal steps.
 
 ``temperature`` (tau, default 1: off) sharpens the combined target, ``p ∝ mix^(1/tau)`` in
 probability space (``log_softmax(mix / tau)`` for logits). Why it exists: on the exact
