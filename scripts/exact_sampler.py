@@ -39,7 +39,7 @@ from tsdfm.artifacts import now_iso
 from tsdfm.data import load_prepared
 from tsdfm.errors import TsdfmError
 from tsdfm.flow import make_scheduler, sample, sample_source
-from tsdfm.flow.composite import composite_sample
+from tsdfm.flow.composite import Composite
 from tsdfm.generation import SampleSet, write_samples
 from tsdfm.models.oracle import (
     MarkovOracleDenoiser,
@@ -128,11 +128,8 @@ def _draw(
         x0 = sample_source((b, L), args.source, oracle.mask_id, oracle.mask_id, gen)
         if args.composite is not None:
             sub = args.composite // steps
-            chunks.append(
-                composite_sample(
-                    oracle, x0, steps, sub, args.chains, sched, args.source, oracle.mask_id, gen
-                )
-            )
+            comp = Composite(sub, args.chains, sched, args.source, oracle.mask_id)
+            chunks.append(comp.sample(oracle, x0, steps, gen))
             nfe = steps * sub
             continue
         cache = args.source == "mask"

@@ -115,7 +115,7 @@ def current_token_mass(
     every call given the same generator seed.
     """
     from tsdfm.flow import switch_probability
-    from tsdfm.flow.composite import composite_step
+    from tsdfm.flow.composite import Composite
 
     c = model.config  # the path (scheduler, source) is the model's, whichever step is measured
     if c.source != "uniform":
@@ -134,17 +134,8 @@ def current_token_mass(
                 total += float(p.gather(-1, x_t[..., None]).sum())
             else:
                 denoiser, substeps, chains = composite
-                moved = composite_step(
-                    denoiser,
-                    x_t,
-                    t0,
-                    1.0 / steps,
-                    substeps,
-                    chains,
-                    scheduler,
-                    c.source,
-                    c.mask_id,
-                    generator,
+                moved = Composite(substeps, chains, scheduler, c.source, c.mask_id).step(
+                    denoiser, x_t, t0, 1.0 / steps, generator
                 )
                 total += (float((moved == x_t).double().sum()) - (1 - q) * x_t.numel()) / q
             count += x_t.numel()

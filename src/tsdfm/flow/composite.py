@@ -28,6 +28,7 @@ noise forward that one big posterior jump would have replaced
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -39,66 +40,52 @@ from tsdfm.flow.scheduler import Scheduler
 ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-@torch.no_grad()
-def composite_step(
-    model_fn: ModelFn,
-    x: Tensor,
-    t: float,
-    dt: float,
-    substeps: int,
-    chains: int,
-    scheduler: Scheduler,
-    source: str,
-    mask_id: int,
-    generator: torch.Generator,
-) -> Tensor:
-    """One big step ``t -> t + dt`` from ``x [B, L]``: ``chains`` fine chains of ``substeps``
-    jumps each, then one chain's token per position, picked independently (module doc)."""
-    if substeps < 1 or chains < 1:
-        raise TsdfmError(f"substeps and chains must be >= 1, got {substeps} and {chains}")
-    B, L = x.shape
-    y = x.repeat_interleave(chains, 0)
-    h = dt / substeps
-    for j in range(substeps):
-        tt = torch.full((y.shape[0],), t + j * h, dtype=torch.float64)
-        hh = torch.full_like(tt, h)
-        logits = model_fn(y, tt.float(), hh.float())
-        y = jump(y, logits, tt, hh, scheduler, source, mask_id, generator)
-    pick = torch.randint(0, chains, (B, 1, L), generator=generator)
-    return y.view(B, chains, L).gather(1, pick).squeeze(1)
+@dataclass(frozen=True)
+class Composite:
+    """``substeps`` fine jumps per big step, ``chains`` fine chains, on one path (``scheduler``,
+    ``source``, ``mask_id``)."""
+
+    substeps: int
+    chains: int
+    scheduler: Scheduler
+    source: str
+    mask_id: int
+
+    def __post_init__(self) -> None:
+        if self.substeps < 1 or self.chains < 1:
+            raise TsdfmError(
+                f"substeps and chains must be >= 1, got {self.substeps} and {self.chains}"
+            )
+
+    @torch.no_grad()
+    def step(
+        self, model_fn: ModelFn, x: Tensor, t: float, dt: float, generator: torch.Generator
+    ) -> Tensor:
+        """One big step ``t -> t + dt`` from ``x [B, L]``: the fine chains, then one chain's token
+        per position, picked independently (module doc)."""
+        B, L = x.shape
+        y = x.repeat_interleave(self.chains, 0)
+        h = dt / self.substeps
+        for j in range(self.substeps):
+            tt = torch.full((y.shape[0],), t + j * h, dtype=torch.float64)
+            hh = torch.full_like(tt, h)
+            logits = model_fn(y, tt.float(), hh.float())
+            y = jump(y, logits, tt, hh, self.scheduler, self.source, self.mask_id, generator)
+        pick = torch.randint(0, self.chains, (B, 1, L), generator=generator)
+        return y.view(B, self.chains, L).gather(1, pick).squeeze(1)
+
+    @torch.no_grad()
+    def sample(
+        self, model_fn: ModelFn, x0: Tensor, steps: int, generator: torch.Generator
+    ) -> Tensor:
+        """``steps`` big steps on the uniform grid from ``x0 [B, L]``; returns the ids. Costs
+        ``steps * substeps`` denoiser calls on ``B * chains`` rows."""
+        if steps < 1:
+            raise TsdfmError(f"steps must be >= 1, got {steps}")
+        x = x0
+        for k in range(steps):
+            x = self.step(model_fn, x, k / steps, 1 / steps, generator)
+        return x
 
 
-@torch.no_grad()
-def composite_sample(
-    model_fn: ModelFn,
-    x0: Tensor,
-    steps: int,
-    substeps: int,
-    chains: int,
-    scheduler: Scheduler,
-    source: str,
-    mask_id: int,
-    generator: torch.Generator,
-) -> Tensor:
-    """``steps`` composite steps on the uniform grid from ``x0 [B, L]``; returns the ids. Costs
-    ``steps * substeps`` denoiser calls on ``B * chains`` rows."""
-    if steps < 1:
-        raise TsdfmError(f"steps must be >= 1, got {steps}")
-    x = x0
-    for k in range(steps):
-        x = composite_step(
-            model_fn,
-            x,
-            k / steps,
-            1 / steps,
-            substeps,
-            chains,
-            scheduler,
-            source,
-            mask_id,
-            generator,
-        )
-    return x
-
-
-__all__ = ["composite_sample", "composite_step"]
+__all__ = ["Composite"]
