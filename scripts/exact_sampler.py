@@ -24,6 +24,8 @@ N steps would (``tsdfm.flow.composite``): every one of the S big steps is the pe
 of N / S exact jumps, drawn from M fine chains, into ``exact-composite<N>[-uniform]_<S>.jsonl``.
 For the mask source it matches the plain exact sampler in law; for the uniform source it shows
 where the distillation target itself lies, apart from any network's fit of it.
+``--teacher DIR`` drives the composite with a trained teacher instead of the exact denoiser
+(``teacher-composite<N>[-uniform]_<S>.jsonl``): where a teacher-anchored student's target lies.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ def main() -> None:
         "student anchored at N steps) instead of one exact jump per step",
     )
     ap.add_argument("--chains", type=int, default=32, help="fine chains per composite step")
+    ap.add_argument(
+        "--teacher", help="with --composite: compose a trained teacher's fine steps instead"
+    )
     ap.add_argument("--out", required=True, help="folder for exact[-T<T>]_<steps>.jsonl")
     args = ap.parse_args()
     if any(not t > 0 for t in args.temperature):
@@ -95,6 +100,8 @@ def main() -> None:
     tok = load_prepared(Path(args.data)).tokenizer
     if args.source == "uniform":
         oracle = MarkovUniformOracleDenoiser(chain, seq_len, make_scheduler("polynomial", 1.0))
+    if args.teacher:
+        oracle = _load_teacher(args.teacher, args.source, tok.fingerprint(), args.composite)
     for temp in args.temperature:
         for steps in args.steps:
             ids, meta = _draw(oracle, seq_len, steps, temp, args)
@@ -104,11 +111,36 @@ def main() -> None:
                 name = f"exact-composite{args.composite}"
             if args.source == "uniform":
                 name = name.replace("exact", "exact-uniform", 1)
+            if args.teacher:
+                name = name.replace("exact", "teacher", 1)
+                meta["model"], meta["model_type"] = args.teacher, "teacher"
+                meta["method"] = "teacher-composite"
+                meta["label"] = meta["label"].replace("exact", "teacher", 1)
             path = write_samples(
                 Path(args.out) / f"{name}_{steps}.jsonl",
                 SampleSet(ids, tok.decode_batch(ids), meta),
             )
             print(f"exact denoiser ({args.source}) T={temp:g} @ {steps} steps -> {path}")
+
+
+def _load_teacher(path: str, source: str, fingerprint: str, composite: int | None):
+    """The trained denoiser that replaces the exact one (``--teacher``), checked against the
+    data and the requested source before any sampling."""
+    from tsdfm.generator import resolve_model_dir
+    from tsdfm.models import Denoiser, load_pretrained
+
+    if composite is None:
+        raise SystemExit("error: --teacher needs --composite (the plain sampler is tsdfm sample)")
+    try:
+        model, _ = load_pretrained(resolve_model_dir(path), expect=Denoiser)
+    except TsdfmError as e:
+        raise SystemExit(f"error: {e}") from e
+    c = model.config
+    if c.source != source:
+        raise SystemExit(f"error: {path} is a {c.source}-source teacher; pass --source {c.source}")
+    if c.tokenizer_fingerprint and c.tokenizer_fingerprint != fingerprint:
+        raise SystemExit(f"error: {path} was trained with another tokenizer than this data's")
+    return model.eval()  # ``mask_id`` is a Denoiser property, as on the exact denoisers
 
 
 def _draw(
@@ -120,7 +152,8 @@ def _draw(
 ) -> tuple:
     """``args.num`` sequences from the exact posterior at ``steps`` jumps and temperature
     ``temp`` (one generator seeded with ``args.seed`` per row), and their provenance."""
-    sched = make_scheduler("polynomial", 1.0)
+    c = getattr(oracle, "config", None)  # a --teacher's own scheduler; the exact ones: linear
+    sched = make_scheduler(c.scheduler, c.exponent) if c else make_scheduler("polynomial", 1.0)
     gen = torch.Generator().manual_seed(args.seed)
     chunks, t0, nfe = [], time.perf_counter(), 0
     for start in range(0, args.num, args.batch_size):

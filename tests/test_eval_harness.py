@@ -42,6 +42,19 @@ def markov(tmp_path_factory):
     return load_prepared(root / "run" / "data")
 
 
+def tiny_uniform_teacher(data, out: Path) -> Path:
+    """An untrained uniform-source teacher saved for ``data``'s tokenizer (8 symbols, L = 16)."""
+    from tsdfm.models import Denoiser, DenoiserConfig
+
+    torch.manual_seed(0)
+    cfg = DenoiserConfig(vocab_size=9, num_classes=8, max_len=L, dim=32, n_layers=1, n_heads=2)
+    cfg.time_cond, cfg.source = True, "uniform"
+    teacher = Denoiser(cfg).eval()
+    teacher.config.tokenizer_fingerprint = data.tokenizer.fingerprint()
+    teacher.save_pretrained(out / "model", tokenizer=data.tokenizer)
+    return out
+
+
 def write_chain_samples(path: Path, data, n: int, seed: int, **meta) -> Path:
     ids = torch.as_tensor(data.chain().sample(n, L, seed=seed))
     meta = {"tokenizer_fingerprint": data.tokenizer.fingerprint(), **meta}
@@ -276,4 +289,15 @@ def test_exact_sampler_script_writes_one_labelled_file_per_temperature(
     assert metac["nfe_nominal"] == 2 and int(idsc.max()) < markov.tokenizer.mask_id
     monkeypatch.setattr(sys, "argv", [*comp[:-4], "--composite", "3", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="divide"):
+        load_script("exact_sampler").main()
+    # the same composite driven by a trained teacher, checked against the requested source
+    teacher = tiny_uniform_teacher(markov, tmp_path / "teacher")
+    monkeypatch.setattr(sys, "argv", [*comp, "--teacher", str(teacher), "--out", str(tmp_path)])
+    load_script("exact_sampler").main()
+    idst, _, metat = read_samples(tmp_path / "teacher-uniform-composite4_2.jsonl")
+    assert metat["method"] == "teacher-composite" and metat["model"] == str(teacher)
+    assert idst.shape == (64, L) and int(idst.max()) < markov.tokenizer.mask_id
+    mask = [a for a in comp if a not in ("--source", "uniform")]
+    monkeypatch.setattr(sys, "argv", [*mask, "--teacher", str(teacher), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="uniform-source teacher"):
         load_script("exact_sampler").main()

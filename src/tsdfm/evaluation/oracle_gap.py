@@ -42,7 +42,8 @@ import torch
 from torch import Tensor, nn
 
 from tsdfm.errors import TsdfmError
-from tsdfm.flow import make_scheduler, sample_path
+from tsdfm.flow import make_scheduler, sample_path, switch_probability
+from tsdfm.flow.composite import Composite
 
 
 @torch.no_grad()
@@ -114,9 +115,6 @@ def current_token_mass(
     ``(P(keep) - (1 - q)) / q``. Each time gets its own ``x_t`` draws from ``x1``, the same for
     every call given the same generator seed.
     """
-    from tsdfm.flow import switch_probability
-    from tsdfm.flow.composite import Composite
-
     c = model.config  # the path (scheduler, source) is the model's, whichever step is measured
     if c.source != "uniform":
         raise TsdfmError("the current-token mass is a uniform-source measure")
