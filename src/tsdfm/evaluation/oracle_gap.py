@@ -112,8 +112,9 @@ def current_token_mass(
     the composed law of ``substeps`` fine jumps of ``denoiser`` (a perfectly distilled
     student's step, :mod:`tsdfm.flow.composite`; ``model`` then only supplies the path) and
     reports the ``p(x_t^i)`` it implies,
-    ``(P(keep) - (1 - q)) / q``. Each time gets its own ``x_t`` draws from ``x1``, the same for
-    every call given the same generator seed.
+    ``(P(keep) - (1 - q)) / q``. Each time gets its own ``x_t`` draws from ``x1``: the same for
+    every model given the same generator seed; a composite call's fine chains draw from that
+    generator too, so its ``x_t`` match the models' in the first batch only (same law after).
     """
     c = model.config  # the path (scheduler, source) is the model's, whichever step is measured
     if c.source != "uniform":
