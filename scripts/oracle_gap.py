@@ -30,7 +30,6 @@ from tsdfm.errors import TsdfmError
 from tsdfm.evaluation.oracle_gap import current_token_mass, oracle_gap
 from tsdfm.generator import resolve_model_dir
 from tsdfm.models import Denoiser, load_pretrained
-from tsdfm.models.oracle import load_markov_oracle
 from tsdfm.training.student import exact_anchor
 
 WAYS = ("forward", "reverse", "flatness")
@@ -69,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             f"--by-time {by_time} and CHAINS >= 1"
         )
     try:
-        chain, _, seq_len = load_markov_oracle(args.data)  # a clear error for real text
         data = load_prepared(Path(args.data))
-        x1 = torch.from_numpy(chain.sample(args.num, seq_len, seed=args.seed + 1)).long()
+        chain = data.chain()
+        if chain is None:
+            raise TsdfmError(f"{args.data} is not a markov corpus (the exact denoiser needs one)")
+        x1 = torch.from_numpy(chain.sample(args.num, data.seq_len, seed=args.seed + 1)).long()
         rows, keeps = {}, {}
         for spec in args.model:
             name, sep, path = spec.partition("=")

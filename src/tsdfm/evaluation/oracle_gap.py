@@ -120,6 +120,9 @@ def current_token_mass(
     if c.source != "uniform":
         raise TsdfmError("the current-token mass is a uniform-source measure")
     scheduler = make_scheduler(c.scheduler, c.exponent)
+    if composite is not None:
+        denoiser, substeps, chains = composite
+        composed = Composite(substeps, chains, scheduler, c.source, c.mask_id)
     out = []
     for k in range(steps):
         t0, total, count = k / steps, 0.0, 0
@@ -132,10 +135,7 @@ def current_token_mass(
                 p = torch.softmax(model(x_t, t, torch.full_like(t, 1.0 / steps)).double(), -1)
                 total += float(p.gather(-1, x_t[..., None]).sum())
             else:
-                denoiser, substeps, chains = composite
-                moved = Composite(substeps, chains, scheduler, c.source, c.mask_id).step(
-                    denoiser, x_t, t0, 1.0 / steps, generator
-                )
+                moved = composed.step(denoiser, x_t, t0, 1.0 / steps, generator)
                 total += (float((moved == x_t).double().sum()) - (1 - q) * x_t.numel()) / q
             count += x_t.numel()
         out.append(total / count)
