@@ -81,6 +81,13 @@ def main() -> None:
     ap.add_argument(
         "--teacher", help="with --composite: compose a trained teacher's fine steps instead"
     )
+    ap.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where a --teacher runs (auto: the GPU if there is one); the exact denoisers and "
+        "every random draw stay on the CPU, so the samples do not depend on it",
+    )
     ap.add_argument("--out", required=True, help="folder for exact[-T<T>]_<steps>.jsonl")
     args = ap.parse_args()
     if any(not t > 0 for t in args.temperature):
@@ -102,6 +109,7 @@ def main() -> None:
         oracle = MarkovUniformOracleDenoiser(chain, seq_len, make_scheduler("polynomial", 1.0))
     if args.teacher:
         oracle = _load_teacher(args.teacher, args.source, tok.fingerprint(), args.composite)
+        oracle = _OnDevice(oracle, args.device)
     for temp in args.temperature:
         for steps in args.steps:
             ids, meta = _draw(oracle, seq_len, steps, temp, args)
@@ -141,6 +149,27 @@ def _load_teacher(path: str, source: str, fingerprint: str, composite: int | Non
     if c.tokenizer_fingerprint and c.tokenizer_fingerprint != fingerprint:
         raise SystemExit(f"error: {path} was trained with another tokenizer than this data's")
     return model.eval()  # ``mask_id`` is a Denoiser property, as on the exact denoisers
+
+
+class _OnDevice:
+    """A trained teacher evaluated on another device (a GPU): states and times go over, the
+    logits come back as float32 on the CPU, where the composite's CPU generator draws from
+    them; so only the forward passes move, not the random numbers."""
+
+    def __init__(self, model, device: str):
+        from tsdfm.distributed import resolve_device
+
+        try:
+            self.device = resolve_device(device)
+        except TsdfmError as e:
+            raise SystemExit(f"error: {e}") from e
+        self.model = model.to(self.device)
+        self.config, self.mask_id = model.config, model.mask_id
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        out = self.model(x.to(self.device), *(c.to(self.device) for c in cond))
+        return out.float().cpu()
 
 
 def _draw(

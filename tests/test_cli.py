@@ -156,6 +156,33 @@ def test_steps_below_one(tmp_path, cfg_file, capsys):
     assert "steps must be >= 1" in capsys.readouterr().err
 
 
+def test_sample_device_defaults_to_auto(tmp_path, cfg_file, capsys, monkeypatch):
+    """`tsdfm sample` resolves `--device auto` (the default) like training does: this process's
+    GPU when CUDA is available, else the CPU; a GPU machine never samples on its CPU by accident
+    (seen on an H200: 2,048 samples at 1,024 steps ran on 16 CPU threads). Asking for cuda
+    without one is a clear error."""
+    import tsdfm.distributed as distributed
+
+    data, out = tmp_path / "data", tmp_path / "teacher"
+    main(["data", "prepare", "--config", str(cfg_file), "--out", str(data), "--no-progress"])
+    main(["train", "teacher", "--config", str(cfg_file), "--data", str(data), "--out", str(out),
+          "--no-progress", "teacher.train.steps=1"])  # fmt: skip
+    asked, real = [], distributed.resolve_device
+    monkeypatch.setattr(
+        distributed, "resolve_device", lambda name, rank=0: asked.append(name) or real(name, rank)
+    )
+    argv = ["sample", "--model", str(out / "model"), "--steps", "2", "--num", "2"]
+    assert main([*argv, "--out", str(tmp_path / "s.jsonl")]) == 0
+    assert asked == ["auto"]
+    assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "c.jsonl")]) == 0
+    assert asked == ["auto", "cpu"]
+    assert json.loads((tmp_path / "c.meta.json").read_text())["device"] == "cpu"
+    capsys.readouterr()
+    if not torch.cuda.is_available():
+        assert main([*argv, "--device", "cuda", "--out", str(tmp_path / "g.jsonl")]) == 2
+        assert "no CUDA" in capsys.readouterr().err
+
+
 def test_student_cli(tmp_path, cfg_file, capsys):
     data, teacher, student = tmp_path / "data", tmp_path / "teacher", tmp_path / "student"
     main(["data", "prepare", "--config", str(cfg_file), "--out", str(data), "--no-progress"])

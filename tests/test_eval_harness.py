@@ -297,6 +297,15 @@ def test_exact_sampler_script_writes_one_labelled_file_per_temperature(
     idst, _, metat = read_samples(tmp_path / "teacher-uniform-composite4_2.jsonl")
     assert metat["method"] == "teacher-composite" and metat["model"] == str(teacher)
     assert idst.shape == (64, L) and int(idst.max()) < markov.tokenizer.mask_id
+    # --device moves only the teacher's forward passes; the draws stay on the CPU generator
+    cpu = [*comp, "--teacher", str(teacher), "--device", "cpu", "--out", str(tmp_path / "cpu")]
+    monkeypatch.setattr(sys, "argv", cpu)
+    load_script("exact_sampler").main()
+    assert torch.equal(read_samples(tmp_path / "cpu/teacher-uniform-composite4_2.jsonl")[0], idst)
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(sys, "argv", [*cpu[:-3], "cuda", *cpu[-2:]])
+        with pytest.raises(SystemExit, match="no CUDA"):
+            load_script("exact_sampler").main()
     mask = [a for a in comp if a not in ("--source", "uniform")]
     monkeypatch.setattr(sys, "argv", [*mask, "--teacher", str(teacher), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="uniform-source teacher"):

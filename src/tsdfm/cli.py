@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="divide the denoiser's logits by T before each jump (< 1 sharpens; default 1)",
     )
     smp.add_argument("--no-cache", action="store_true", help="disable forward caching")
+    smp.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="auto (default): the GPU when CUDA is available, else the CPU",
+    )
     smp.add_argument("--out", help="samples.jsonl to write (default: next to the model)")
     smp.add_argument("--show", type=int, default=8, help="how many samples to print")
 
@@ -132,7 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--show-steps", action="store_true", help="print the first sample as it crystallises"
     )
     gp.add_argument("--max-frames", type=int, default=32, help="frames shown by --show-steps")
-    gp.add_argument("--device", default="cpu")
+    gp.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: the GPU if there is one), cpu, cuda, cuda:N",
+    )
 
     ev = sub.add_parser("evaluate", help="evaluate samples files: gen-PPL, entropy, speed")
     ev.add_argument("--samples", nargs="+", required=True, help="samples.jsonl files")
@@ -242,6 +252,7 @@ def _run(args) -> int:
             top_p=args.top_p,
             temperature=args.temperature,
             model_and_tokenizer=loaded,
+            device=args.device,
         )
         out = Path(
             args.out

@@ -79,8 +79,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise TsdfmError(
-            "device=cuda was asked for but this torch build or machine has no CUDA; set "
-            "train.device=cpu (or auto), or install a CUDA build of torch on a GPU machine"
+            "device=cuda was asked for but this torch build or machine has no CUDA; use "
+            "cpu or auto (train.device, or --device when sampling), or install a CUDA build "
+            "of torch on a GPU machine"
         )
     count = torch.cuda.device_count()
     if local_rank >= count:

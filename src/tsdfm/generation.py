@@ -80,7 +80,7 @@ def draw_samples(
     progress: bool = True,
     model_and_tokenizer: tuple | None = None,
     *,
-    device: str | torch.device | None = None,
+    device: str | torch.device | None = "auto",
     seed_per_batch: bool | None = None,
     temperature: float = 1.0,
 ) -> SampleSet:
@@ -88,8 +88,9 @@ def draw_samples(
     KV cache. ``cache`` (forward caching) only applies to time-independent mask-source models.
 
     ``temperature`` divides the denoiser's logits before every jump (``tsdfm.flow.filtering``);
-    a causal LM refuses anything but 1. ``device``: where to sample (default: where the model
-    is; under torchrun, this rank's GPU if there is one). ``seed_per_batch`` (default: on
+    a causal LM refuses anything but 1. ``device``: where to sample; ``"auto"`` (default) is
+    this process's GPU when CUDA is available, else the CPU (under torchrun, this rank's GPU),
+    so a GPU machine never samples on its CPU by accident; ``None`` keeps the model where it is. ``seed_per_batch`` (default: on
     under torchrun, off otherwise) seeds every batch separately, see the module docstring.
     """
     for name, value in (("steps", steps), ("num", num), ("batch_size", batch_size)):
@@ -108,9 +109,13 @@ def draw_samples(
             f"seq_len of at most {cfg.max_len} (or leave it unset)"
         )
     ctx = distributed.DistContext()
+    named = isinstance(device, str) and device in distributed.DEVICES  # auto | cpu | cuda
     if distributed.launched_world_size() > 1:
-        ctx = distributed.setup("auto" if device is None else torch.device(device).type)
-        device = ctx.device if device is None else device
+        kind = "auto" if device is None else device if named else torch.device(device).type
+        ctx = distributed.setup(kind)
+        device = ctx.device if device is None or named else device
+    elif named:  # a clear error for cuda on a machine without one
+        device = distributed.resolve_device(device)
     if device is not None:
         model = model.to(device)
     dev = next(model.parameters()).device
@@ -178,6 +183,7 @@ def draw_samples(
         "sec_per_sample": seconds / num,
         "tokens_per_second": num * length / max(seconds, 1e-9),
         "threads": torch.get_num_threads(),
+        "device": _device_name(dev),  # the timings above are only comparable on one device
         "created": now_iso(),
         "tsdfm_version": __version__,
     }
@@ -185,6 +191,13 @@ def draw_samples(
         meta["seed_per_batch"] = per_batch
         meta["world_size"] = ctx.world_size
     return SampleSet(ids=ids, texts=tok.decode_batch(ids.tolist()), meta=meta)
+
+
+def _device_name(dev: torch.device) -> str:
+    """``cpu`` or e.g. ``cuda:0 (NVIDIA H200)``."""
+    if dev.type == "cuda":
+        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+    return str(dev)
 
 
 def meta_path(samples_path: Path) -> Path:

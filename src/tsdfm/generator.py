@@ -79,9 +79,15 @@ class Generator:
         self.last_stats: dict[str, Any] = {}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> Generator:
+    def from_pretrained(cls, directory: str | Path, device: str = "auto") -> Generator:
+        """Load a model directory (or a run directory holding ``model/``) onto ``device``:
+        ``auto`` (the GPU when CUDA is available, else the CPU), ``cpu``, ``cuda`` or any torch
+        device string such as ``cuda:1``."""
+        from tsdfm.distributed import DEVICES, resolve_device
         from tsdfm.models import load_pretrained
 
+        if device in DEVICES:
+            device = str(resolve_device(device))
         model_dir = resolve_model_dir(directory)
         model, tok = load_pretrained(model_dir, map_location=device)
         return cls(model.to(device), tok, str(model_dir))
