@@ -113,7 +113,7 @@ def time_row(name, model_tok, steps, batch, cache, seq_len, args, repeats=None) 
     def call(n_steps: int, seed: int) -> dict:
         s = draw_samples(
             name, steps=n_steps, num=batch, seed=seed, batch_size=batch, cache=cache,
-            seq_len=seq_len, progress=False, model_and_tokenizer=model_tok,
+            seq_len=seq_len, progress=False, model_and_tokenizer=model_tok, device=None,
         )  # fmt: skip
         return s.meta
 

@@ -141,6 +141,7 @@ def sample(name, model, tok, steps, args, shape, device, rows, cache=True):
                 progress=False,
                 model_and_tokenizer=(model.eval(), tok),
                 seed=0,
+                device=None,  # where the stage put the model (--device)
             )
     m = s.meta
     row = {

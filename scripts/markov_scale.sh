@@ -13,6 +13,8 @@
 #   scripts/markov_scale.sh                      # the GPU run: ~7 minutes on one H200
 #   PRESET=tiny scripts/markov_scale.sh          # the same recipe at a toy size, on a CPU
 #   SOURCE=mask RUN=runs/markov-scale-mask scripts/markov_scale.sh   # the mask-source twin
+#   ARMS="ar-k2 ar-k4 self-k8 oracle-k8" SEEDS=0 RUN=runs/markov-scale scripts/markov_scale.sh
+#       # ablations beside an existing run (its data, teacher and compass are reused)
 #   RUN=/scratch/ms PACK=/scratch/out scripts/markov_scale.sh
 #
 # Measured on one H200 (session 21, docs/results/markov-shaping-uniform/scale/): data 19 s,
@@ -33,6 +35,12 @@ PRESET="${PRESET:-gpu}"
 SOURCE="${SOURCE:-uniform}"
 PACK="${PACK:-}"
 case "$SOURCE" in mask|uniform) ;; *) echo "error: SOURCE must be mask or uniform, not '$SOURCE'" >&2; exit 2 ;; esac
+for a in ${ARMS:-blind ar-k8}; do
+  [[ "$a" = blind || "$a" =~ ^(ar|self|oracle)-k[1-9][0-9]*$ ]] || { echo "error: ARMS: unknown arm '$a' (blind, ar-kK, self-kK, oracle-kK)" >&2; exit 2; }
+done
+for x in ${SEEDS:-0 1 2}; do
+  [[ "$x" =~ ^[0-9]+$ ]] || { echo "error: SEEDS must be non-negative integers, not '$x'" >&2; exit 2; }
+done
 STUDY="$RUN/study"
 LOGS="$RUN/logs"
 
@@ -55,8 +63,19 @@ mkdir -p "$STUDY" "$LOGS"
 # shellcheck disable=SC2206
 OVR=(flow.source=$SOURCE data.markov.num_train=$NTRAIN $TEACHER $COMPASS $STUDENT)
 CFG=configs/markov.yaml
-ARMS=("blind=student.target_space=probs" "ar-k8=student.shaping.compass=ar;student.shaping.candidates=8")
-SEEDS=(0 1 2)
+# ARMS: blind (also sampled at T = 0.95 / 0.9 / 0.85) and COMPASS-kK with COMPASS in ar (the
+# learned compass), self (the frozen teacher) or oracle (the true chain); one process per arm
+# and seed, all on the GPU at once (six took 124-166 s on an H200; more share it further).
+read -r -a ARM_NAMES <<<"${ARMS:-blind ar-k8}"
+read -r -a SEEDS <<<"${SEEDS:-0 1 2}"
+arm_spec() {  # NAME -> the student_study.py --arm value
+  if [ "$1" = blind ]; then echo "blind=student.target_space=probs"; return; fi
+  if [[ "$1" =~ ^(ar|self|oracle)-k([0-9]+)$ ]] && [ "${BASH_REMATCH[2]}" -ge 1 ]; then
+    echo "$1=student.shaping.compass=${BASH_REMATCH[1]};student.shaping.candidates=${BASH_REMATCH[2]}"
+    return
+  fi
+  return 1
+}
 
 stamp() { echo "[$(date +%T) +${SECONDS}s] $*"; }
 left() { echo $(( BUDGET_S - SECONDS )); }
@@ -82,8 +101,9 @@ stamp "preset $PRESET, source $SOURCE, budget ${BUDGET_S}s, run dir $RUN"
 [ -f "$RUN/data/manifest.json" ] || run data "$PY" -m tsdfm data prepare --config $CFG --out "$RUN/data" --no-progress "${OVR[@]}"
 
 # teacher and compass share the GPU (the compass scores text, so it does not need the teacher)
-run teacher "$PY" -m tsdfm train teacher --config $CFG --data "$RUN/data" --out "$RUN/teacher" --no-progress "${OVR[@]}" &
-run compass "$PY" -m tsdfm train causal --role compass --config $CFG --data "$RUN/data" --out "$RUN/compass" --no-progress "${OVR[@]}" &
+# (each is trained once per run dir: a finished one is reused, e.g. for more arms or seeds)
+[ -f "$RUN/teacher/summary.json" ] || run teacher "$PY" -m tsdfm train teacher --config $CFG --data "$RUN/data" --out "$RUN/teacher" --no-progress "${OVR[@]}" &
+[ -f "$RUN/compass/summary.json" ] || run compass "$PY" -m tsdfm train causal --role compass --config $CFG --data "$RUN/data" --out "$RUN/compass" --no-progress "${OVR[@]}" &
 wait
 
 if [ ! -f "$RUN/teacher/model/config.json" ] || [ ! -f "$RUN/compass/model/config.json" ]; then
@@ -92,8 +112,10 @@ else
   # one worker per (arm, seed) plus the teacher's rows, all at once: each is launch-bound
   study teacher-samples --teacher-steps $TEACHER_STEPS &
   for seed in "${SEEDS[@]}"; do
-    study "blind-s$seed" --teacher-steps --seeds "$seed" --arm "${ARMS[0]}" --temperatures 1 0.95 0.9 0.85 &
-    study "ar-k8-s$seed" --teacher-steps --seeds "$seed" --arm "${ARMS[1]}" &
+    for arm in "${ARM_NAMES[@]}"; do
+      temps=(1); [ "$arm" = blind ] && temps=(1 0.95 0.9 0.85)
+      study "$arm-s$seed" --teacher-steps --seeds "$seed" --arm "$(arm_spec "$arm")" --temperatures "${temps[@]}" &
+    done
   done
   wait
 fi

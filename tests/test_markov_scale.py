@@ -21,11 +21,19 @@ def _run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True)
 
 
-def test_bad_preset_or_source_fails_before_writing_anything(tmp_path):
-    for key, value in (("PRESET", "huge"), ("SOURCE", "noise")):
-        res = _run(tmp_path, **{key: value})
-        assert res.returncode == 2 and f"{key} must be" in res.stderr
-        assert not (tmp_path / "run").exists()
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("PRESET", "huge", "PRESET must be"),
+        ("SOURCE", "noise", "SOURCE must be"),
+        ("ARMS", "blind ar-k0", "unknown arm 'ar-k0'"),
+        ("SEEDS", "0 x", "SEEDS must be"),
+    ],
+)
+def test_bad_settings_fail_before_writing_anything(tmp_path, key, value, message):
+    res = _run(tmp_path, **{key: value})
+    assert res.returncode == 2 and message in res.stderr
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
@@ -54,3 +62,11 @@ def test_tiny_preset_trains_samples_packs_and_evaluates(tmp_path):
     assert res.returncode == 0, res.stderr
     study = (out / "study.md").read_text()
     assert "| ar-k8 | 8 | 3 |" in study and "| blind T=0.85 | 8 | 3 |" in study
+    # more arms beside the finished run: its data, teacher and compass are reused, not retrained
+    teacher = (tmp_path / "run" / "teacher" / "summary.json").stat().st_mtime_ns
+    res = _run(tmp_path, PRESET="tiny", ARMS="self-k2", SEEDS="1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "teacher:" not in res.stdout and "compass:" not in res.stdout
+    assert (tmp_path / "run" / "teacher" / "summary.json").stat().st_mtime_ns == teacher
+    assert (samples / "student-self-k2-s1_8.jsonl").is_file()
+    assert not (samples / "student-self-k2-s1-T0.9_8.jsonl").exists()  # only blind gets T < 1

@@ -90,8 +90,10 @@ def draw_samples(
     ``temperature`` divides the denoiser's logits before every jump (``tsdfm.flow.filtering``);
     a causal LM refuses anything but 1. ``device``: where to sample; ``"auto"`` (default) is
     this process's GPU when CUDA is available, else the CPU (under torchrun, this rank's GPU),
-    so a GPU machine never samples on its CPU by accident; ``None`` keeps the model where it is. ``seed_per_batch`` (default: on
-    under torchrun, off otherwise) seeds every batch separately, see the module docstring.
+    so a GPU machine never samples on its CPU by accident; ``None`` keeps the model where it
+    is (a model passed in ``model_and_tokenizer`` is moved in place otherwise).
+    ``seed_per_batch`` (default: on under torchrun, off otherwise) seeds every batch
+    separately, see the module docstring.
     """
     for name, value in (("steps", steps), ("num", num), ("batch_size", batch_size)):
         _check_count(name, value)
