@@ -128,7 +128,8 @@ def main() -> None:
                 Path(args.out) / f"{name}_{steps}.jsonl",
                 SampleSet(ids, tok.decode_batch(ids), meta),
             )
-            print(f"exact denoiser ({args.source}) T={temp:g} @ {steps} steps -> {path}")
+            what = f"{args.teacher} composite" if args.teacher else "exact denoiser"
+            print(f"{what} ({args.source}) T={temp:g} @ {steps} steps -> {path}")
 
 
 def _load_teacher(path: str, source: str, fingerprint: str, composite: int | None):
