@@ -131,6 +131,12 @@ def test_evaluator_specs(tmp_path):
     constant_lm(tok, 4)[0].save_pretrained(tmp_path / "m", tokenizer=tok)
     evs = build_evaluators([f"ar-small={tmp_path / 'm'}"])
     assert isinstance(evs["ar-small"], ProjectEvaluator)
+    # device "auto" (the default) is the GPU when CUDA is available, else the CPU
+    expected = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert evs["ar-small"].device == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(TsdfmError, match="no CUDA"):
+            make_evaluator(f"x={tmp_path / 'm'}", device="cuda")
     with pytest.raises(TsdfmError, match="twice"):
         build_evaluators([f"a={tmp_path / 'm'}", f"a={tmp_path / 'm'}"])
     with pytest.raises(TsdfmError, match="markov"):

@@ -168,7 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the reference rows (held-out text, and word salad on text corpora)",
     )
     ev.add_argument("--no-plots", action="store_true")
-    ev.add_argument("--device", default="cpu", help="torch device for the evaluator models")
+    ev.add_argument(
+        "--device",
+        default="auto",
+        help="torch device for the evaluator models: auto (default: the GPU if there is one), "
+        "cpu, cuda, cuda:N",
+    )
 
     evs = sub.add_parser("evaluators", help="pretrained evaluator models").add_subparsers(
         dest="action", required=True

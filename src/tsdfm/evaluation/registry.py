@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tsdfm.distributed import DEVICES, resolve_device
 from tsdfm.errors import TsdfmError
 from tsdfm.evaluation.evaluators import Evaluator, HFEvaluator, ProjectEvaluator, TruthEvaluator
 from tsdfm.evaluation.fetch import SMOLLM2, evaluator_dir, gguf_path
@@ -35,7 +36,11 @@ def _is_project_model(directory: Path) -> bool:
     return isinstance(cfg, dict) and "tsdfm_version" in cfg
 
 
-def make_evaluator(spec: str, data=None, cache_dir: Path | None = None, device="cpu") -> Evaluator:
+def make_evaluator(spec: str, data=None, cache_dir: Path | None = None, device="auto") -> Evaluator:
+    """``device``: ``auto`` (the GPU when CUDA is available, else the CPU), ``cpu``, ``cuda`` or
+    a torch device string (``cuda:1``); the truth evaluator is exact arithmetic on the CPU."""
+    if device in DEVICES:
+        device = str(resolve_device(device))
     name, _, path = spec.partition("=")
     name = name.strip()
     if not name:
@@ -100,7 +105,7 @@ def default_specs(
 
 
 def build_evaluators(
-    specs: list[str], data=None, cache_dir: Path | None = None, device: str = "cpu"
+    specs: list[str], data=None, cache_dir: Path | None = None, device: str = "auto"
 ) -> dict[str, Evaluator]:
     """One evaluator per name (a repeated name is an error: results are keyed by name)."""
     out: dict[str, Evaluator] = {}
