@@ -12,6 +12,7 @@
 #
 #   scripts/markov_scale.sh                      # the GPU run: ~7 minutes on one H200
 #   PRESET=tiny scripts/markov_scale.sh          # the same recipe at a toy size, on a CPU
+#   PRESET=cpu-small RUN=runs/markov-small scripts/markov_scale.sh   # a smaller chain, ~1 h on 2 CPU cores
 #   SOURCE=mask RUN=runs/markov-scale-mask scripts/markov_scale.sh   # the mask-source twin
 #   ARMS="ar-k2 ar-k4 self-k8 oracle-k8" SEEDS=0 RUN=runs/markov-scale scripts/markov_scale.sh
 #       # ablations beside an existing run (its data, teacher and compass are reused)
@@ -44,6 +45,7 @@ done
 STUDY="$RUN/study"
 LOGS="$RUN/logs"
 
+DATA_OVR=""  # chain or length overrides of a preset
 case "$PRESET" in
   gpu)  # 1M training chains; teacher 256 wide x 6 blocks at batch 256; students batch 128
     BUDGET_S="${BUDGET_S:-540}"; NTRAIN=1000000
@@ -57,11 +59,20 @@ case "$PRESET" in
     COMPASS="compass.model.dim=32 compass.model.n_layers=1 compass.model.n_heads=2 compass.train.steps=30 compass.train.batch_size=16 compass.train.eval_every=15 compass.train.ckpt_every=15 compass.train.max_minutes=1 compass.train.num_threads=1"
     STUDENT="student.train.steps=12 student.train.batch_size=4 student.train.eval_every=6 student.train.ckpt_every=6 student.train.max_minutes=1 student.train.num_threads=1"
     NUM=32; BATCH=32; TEACHER_STEPS="16 8" ;;
-  *) echo "error: PRESET must be gpu or tiny, not '$PRESET'" >&2; exit 2 ;;
+  cpu-small)  # the same study on a smaller chain (V = 16, L = 32) at the CPU budget of
+    # configs/markov.yaml (1.2M-parameter teacher, 3,600 x 64; students 1,200 x 32): a problem
+    # small enough for those networks to come closer to the exact posterior; ~1.2 h on 2 cores
+    BUDGET_S="${BUDGET_S:-5400}"; NTRAIN=100000
+    DATA_OVR="data.markov.vocab_size=16 data.seq_len=32"
+    TEACHER="teacher.train.max_minutes=30 teacher.train.num_threads=1"
+    COMPASS="compass.train.max_minutes=20 compass.train.num_threads=1"
+    STUDENT="student.train.max_minutes=60 student.train.num_threads=1"
+    NUM=2048; BATCH=512; TEACHER_STEPS="1024 8 4 2 1" ;;
+  *) echo "error: PRESET must be gpu, cpu-small or tiny, not '$PRESET'" >&2; exit 2 ;;
 esac
 mkdir -p "$STUDY" "$LOGS"
 # shellcheck disable=SC2206
-OVR=(flow.source=$SOURCE data.markov.num_train=$NTRAIN $TEACHER $COMPASS $STUDENT)
+OVR=(flow.source=$SOURCE data.markov.num_train=$NTRAIN ${DATA_OVR:-} $TEACHER $COMPASS $STUDENT)
 CFG=configs/markov.yaml
 # ARMS: blind (also sampled at T = 0.95 / 0.9 / 0.85) and COMPASS-kK with COMPASS in ar (the
 # learned compass), self (the frozen teacher) or oracle (the true chain); one process per arm
