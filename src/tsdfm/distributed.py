@@ -92,6 +92,15 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def as_device(device: str | torch.device) -> torch.device:
+    """Where a single process runs: the names ``auto`` / ``cpu`` / ``cuda`` through
+    :func:`resolve_device` (``auto``: the GPU when CUDA is available; ``cuda`` without one: a
+    clear error), anything else (``cuda:1``, a ``torch.device``) as torch reads it."""
+    if isinstance(device, str) and device in DEVICES:
+        return resolve_device(device)
+    return torch.device(device)
+
+
 def setup(device: str = "auto") -> DistContext:
     """Join torchrun's process group (once per process) and pick this rank's device.
 
@@ -210,6 +219,7 @@ __all__ = [
     "PRECISIONS",
     "DistContext",
     "all_gather_object",
+    "as_device",
     "all_reduce_sum",
     "barrier",
     "broadcast_object",

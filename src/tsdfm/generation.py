@@ -116,8 +116,8 @@ def draw_samples(
         kind = "auto" if device is None else device if named else torch.device(device).type
         ctx = distributed.setup(kind)
         device = ctx.device if device is None or named else device
-    elif named:  # a clear error for cuda on a machine without one
-        device = distributed.resolve_device(device)
+    elif device is not None:
+        device = distributed.as_device(device)
     if device is not None:
         model = model.to(device)
     dev = next(model.parameters()).device

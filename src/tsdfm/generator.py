@@ -83,11 +83,10 @@ class Generator:
         """Load a model directory (or a run directory holding ``model/``) onto ``device``:
         ``auto`` (the GPU when CUDA is available, else the CPU), ``cpu``, ``cuda`` or any torch
         device string such as ``cuda:1``."""
-        from tsdfm.distributed import DEVICES, resolve_device
+        from tsdfm.distributed import as_device
         from tsdfm.models import load_pretrained
 
-        if device in DEVICES:
-            device = str(resolve_device(device))
+        device = str(as_device(device))
         model_dir = resolve_model_dir(directory)
         model, tok = load_pretrained(model_dir, map_location=device)
         return cls(model.to(device), tok, str(model_dir))

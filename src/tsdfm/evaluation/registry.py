@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tsdfm.distributed import DEVICES, resolve_device
+from tsdfm.distributed import as_device
 from tsdfm.errors import TsdfmError
 from tsdfm.evaluation.evaluators import Evaluator, HFEvaluator, ProjectEvaluator, TruthEvaluator
 from tsdfm.evaluation.fetch import SMOLLM2, evaluator_dir, gguf_path
@@ -39,8 +39,7 @@ def _is_project_model(directory: Path) -> bool:
 def make_evaluator(spec: str, data=None, cache_dir: Path | None = None, device="auto") -> Evaluator:
     """``device``: ``auto`` (the GPU when CUDA is available, else the CPU), ``cpu``, ``cuda`` or
     a torch device string (``cuda:1``); the truth evaluator is exact arithmetic on the CPU."""
-    if device in DEVICES:
-        device = str(resolve_device(device))
+    device = str(as_device(device))
     name, _, path = spec.partition("=")
     name = name.strip()
     if not name:
