@@ -216,25 +216,28 @@ class StudentConfig:
     ``teacher_steps`` is N (the teacher's own resolution; step sizes are 1, 1/2, ..., 1/N).
     ``dt_weights``: ``inverse`` (FS-DFM's weights proportional to 1/dt) or ``chain`` (equal
     weight on every power-of-two step size, which keeps enough rows on the sizes an 8-step
-    student actually uses). ``target``: ``rk4`` (three midpoints) or ``heun`` (two half steps).
-    ``target_space``: ``logits`` (FS-DFM's logit average, mode-seeking) or ``probs`` (the
-    marginal-exact probability mixture). ``anchor``: what the rows at the teacher's own
+    student actually uses). ``target`` x ``target_space`` (``tsdfm.shaping.shortcut``):
+    ``heun`` x ``probs`` (default) is the exact per-position law of two chained half steps;
+    ``rk4`` x ``logits`` is FS-DFM's published recipe (three chained midpoints, (1, 2, 2, 1)/6
+    logit average, mode-seeking), ``heun`` x ``logits`` its two-stage form; ``rk4`` x ``probs``
+    is refused (fixed RK weights on probabilities are no law of jumps). ``anchor``: what the
+    rows at the teacher's own
     resolution (dt = 1/N) imitate: ``teacher`` (the frozen network) or, on the ``markov``
     corpus (mask or uniform source), ``oracle`` (the chain's exact denoiser,
     ``tsdfm.models.oracle``). The oracle anchor is the near-exact-teacher check of DESIGN.md
-    section 3: with it the probability-mixture student should converge to the exact sampler's
+    section 3: with it the exact-composition student should converge to the exact sampler's
     S-step marginals, so any remaining gap is the recipe's own, not the teacher's.
     ``target_temperature``: tau < 1 sharpens every shortcut (non-anchor) target,
-    ``p ∝ target^(1/tau)``, against the flatness a learned model's probability mixture adds
-    per link (``tsdfm.shaping.shortcut``); 1 (default) leaves the recipe unchanged.
-    ``target_committed`` (mask source, ``probs`` space): what a position committed at a
-    midpoint contributes to the target: ``denoiser`` (default, ``p(k1)``, lowest variance) or
-    ``token`` (the one-hot of the committed token: the same target in expectation for blind
-    jumps, but it carries a navigated jump's choices into the target, which ``p(k1)`` erases).
-    ``carry_over`` (mask source, RK4): the target network's output at positions an earlier
-    midpoint already committed becomes a point mass on that token, as the exact denoiser's is,
-    instead of the untrained output a later midpoint would otherwise draw from
-    (``tsdfm.shaping.shortcut``). False (default) is the recipe of the published results.
+    ``p ∝ target^(1/tau)``; 1 (default) leaves the recipe unchanged.
+    ``target_committed`` (mask source, ``probs`` space): what a position a midpoint committed
+    contributes to the exact target: ``denoiser`` (``p(k1)``, lowest variance, exact for a
+    blind jump), ``token`` (the one-hot of the committed token: exact for any midpoint law, and
+    the only value that carries a navigated jump's choices), or ``auto`` (default: ``denoiser``
+    for blind midpoints, ``token`` for navigated, teacher or exact midpoints).
+    ``carry_over`` (mask source; default true): the target network's output at positions a
+    midpoint already committed is a point mass on that token, as the exact denoiser's is,
+    instead of its untrained output there (matters for the logit recipes; the exact target
+    never reads it). No effect for the uniform source (no position is ever "visible").
     ``midpoint``: how the shortcut target's midpoints are drawn: ``model`` (default, a jump
     with the target network's prediction; navigated when ``shaping`` is set), ``teacher`` (a
     jump with the frozen teacher's posterior, any corpus) or, on the ``markov`` corpus only,
@@ -247,12 +250,12 @@ class StudentConfig:
     )
     teacher_steps: int = 1024
     dt_weights: str = "chain"
-    target: str = "rk4"
+    target: str = "heun"
     target_space: str = "probs"
     anchor: str = "teacher"
     target_temperature: float = 1.0
-    target_committed: str = "denoiser"
-    carry_over: bool = False
+    target_committed: str = "auto"
+    carry_over: bool = True
     midpoint: str = "model"
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
 
@@ -265,8 +268,15 @@ class StudentConfig:
         _choice(self, where, "target", ("rk4", "heun"))
         _choice(self, where, "target_space", ("logits", "probs"))
         _choice(self, where, "anchor", ("teacher", "oracle"))
-        _choice(self, where, "target_committed", ("denoiser", "token"))
+        _choice(self, where, "target_committed", ("auto", "denoiser", "token"))
         _choice(self, where, "midpoint", MIDPOINT_KINDS)
+        if (self.target, self.target_space) == ("rk4", "probs"):
+            raise TsdfmError(
+                f"{where}.target=rk4 with {where}.target_space=probs (fixed RK weights on "
+                "probabilities) is no composition of jumps; use target=heun target_space=probs "
+                "(the exact two-half-step composition, the default) or target=rk4 "
+                "target_space=logits (FS-DFM's published recipe)"
+            )
         if self.target_committed == "token" and self.target_space != "probs":
             raise TsdfmError(
                 f"{where}.target_committed=token needs {where}.target_space=probs (a one-hot "

@@ -1,70 +1,71 @@
 """Shortcut self-distillation targets (FS-DFM, arXiv 2509.20624), pure tensor code.
 
 A student ``f(x_t, t, dt)`` must land, in one step of size ``dt``, where finer steps would.
-Its target for ``(x_t, t, dt)`` is built from the EMA student at half the step, ``h = dt/2``:
+Its target for ``(x_t, t, dt)`` is built from the EMA student at half the step, ``h = dt/2``,
+by chaining stochastic jumps through *midpoints*. Three recipes (``method`` x ``space``):
 
-RK4-style (three midpoints, each a stochastic jump from ``x_t``, mirroring
-``k2 = f(x + h k1)``, ``k3 = f(x + h k2)``, ``k4 = f(x + dt k3)`` of continuous RK4)::
+``heun`` / ``probs`` (the default): **the exact composition of two half steps.** One jump of
+size ``h`` moves a position that may still switch with probability ``q1 = q(t, h)``, landing on
+a draw from ``p(k1)``; the second, from the midpoint ``m1``, with ``q2 = q(t + h, h)`` and
+``p(k2)``, ``k2 = f(m1, t + h, h)``. The full step switches with ``q = q(t, dt)`` and
+``q = q1 + (1 - q1) q2``. Per position, the two chained jumps land on ``y`` with probability
 
-    k1 = f(x_t, t, h);          m1 = jump(x_t, k1, t -> t + h)
-    k2 = f(m1, t + h, h);       m2 = jump(x_t, k2, t -> t + h)
-    k3 = f(m2, t + h, h);       m3 = jump(x_t, k3, t -> t + dt)
-    k4 = f(m3, t + dt, h)
+    mask source:     q1 p(k1)(y) + (1 - q1) q2 E[p(k2)(y) | m1 still masked]
+    uniform source:  q1 (1 - q2) p(k1)(y) + q2 E[p(k2)(y)]      (plus the stay mass)
 
-Heun-style (two chained half steps, the cheap variant)::
+and one student jump lands there with ``q s(y)``, so the student's ideal ``s`` is that law
+over ``q``. A per-sample target with exactly this expectation conditions on what the midpoint
+did at the position (``w2 = q2 / q``, ``w1 = 1 - w2 = q1 (1 - q2) / q``):
 
-    k1 = f(x_t, t, h);  m1 = jump(x_t, k1, t -> t + h);  k2 = f(m1, t + h, h)
+    position still at the source in m1 (mask), every position (uniform):
+        w1 p(k1) + w2 p(k2)
+    position committed in m1 (mask source):
+        p(k1)  (``committed="denoiser"``)  or  delta(m1)  (``committed="token"``)
 
-Two ways to combine them (``space``):
+Check (mask): ``E = (1 - q1)(w1 p(k1) + w2 E[p(k2) | masked]) + q1 p(k1)``; the ``p(k1)``
+weight is ``q1 [(1 - q1)(1 - q2) + q] / q = q1 / q`` and the ``p(k2)`` weight
+``(1 - q1) q2 / q``, as required. Applying the expectation's weight ``(1 - q1) q2 / q`` to
+``p(k2)`` per sample instead (this module's target before the fix) puts ``(1 - q1)^2 q2 / q``
+on it in expectation: at ``t = 0, dt = 1`` 0.25 instead of 0.5 (mask) and 0.5 instead of 1
+(uniform), always leaning toward ``p(k1)``, the prediction made with the least context.
 
-* ``logits``: average the logits with weights (1, 2, 2, 1)/6 (RK4) or (1, 1)/2 (Heun) -- a
-  product of experts, sharper than any of its members (mode-seeking). FS-DFM's choice.
-* ``probs``: average the *probabilities* instead. For Heun this is the marginal-exact
-  composition of two masked half steps, ``(q1 p(k1) + (1 - q1) q2 p(k2)) / q`` (equal weights
-  for linear kappa); RK4 uses its (1, 2, 2, 1)/6 weights. For the mask source the exact
-  denoiser is a martingale, ``E[p(k_i)] = p(k1)``, and this target equals the one-step posterior
-  in expectation: a student trained on it reproduces the teacher at equal steps (a correctness
-  check), and only *biased* midpoints -- trajectory shaping -- can move it elsewhere. For the
-  uniform source it is not: the composed fine jumps keep the current token more often than one
-  posterior jump, so the student's ideal is that composed law (:mod:`tsdfm.flow.composite`
-  samples it), not the teacher at equal steps.
+What a committed position contributes (``committed``): for a *blind* jump ``m1`` drew it from
+``p(k1)``, so ``p(k1)`` (the Rao-Blackwellised value, lowest variance) and ``delta(m1)`` have
+the same expectation. For a *navigated* jump (trajectory shaping, K > 1) or a midpoint drawn
+from another law (the frozen teacher, the exact chain), only ``delta(m1)`` is the law the
+chain actually followed: ``p(k1)`` is the distribution *before* selection and would erase the
+navigator's choice at every position it committed. ``committed="auto"`` (the config default,
+:func:`resolve_committed`) picks ``denoiser`` for blind jumps and ``token`` otherwise. One
+approximation remains under navigation: at positions the chosen midpoint left masked, ``w1
+p(k1)`` stands in for the commitments the midpoint did not make, weighted as for a blind jump
+(exact when K = 1).
 
-``temperature`` (tau, default 1: off) sharpens the combined target, ``p ∝ mix^(1/tau)`` in
-probability space (``log_softmax(mix / tau)`` for logits). Why it exists: on the exact
-benchmark one link of the probability mixture driven by the *exact* denoiser is unbiased
-(its expectation over midpoints converges to the exact posterior), but driven by a learned,
-slightly wrong model it is flatter than the posterior (Jensen: averaging ``softmax(l + e)`` over
-midpoint-dependent errors ``e`` spreads mass), and the shortcut chain compounds that flatness
-link by link (docs/results/markov-exact-anchor/). ``tau < 1`` counters it per link; it applies
-only to the shortcut rows, never to the anchor rows, so it compounds to ``tau^j`` at ``j``
-links above the anchor.
+``rk4`` / ``logits``: **FS-DFM's published recipe**: three *chained* midpoints and the
+(1, 2, 2, 1)/6 average of the four log-probabilities (a product of experts, mode-seeking)::
 
-In both spaces, a position that is no longer at the source token in the midpoint a k_i was
-evaluated on contributes k1 in place of k_i: it has already jumped, so k_i (the denoiser's
-output at a committed position, which a mask-source model is never trained on) says nothing
-about where it lands from ``x_t``.
+    k1 = f(x_t, t, h);       m1 = jump(x_t, k1, t -> t + h)
+    k2 = f(m1, t + h, h);    m2 = jump(m1, k2, t + h -> t + dt)
+    k3 = f(m2, t + h, h);    m3 = jump(m2, k3, t + h -> t + dt)
+    k4 = f(m3, t + dt, h);   target = log_softmax((k1 + 2 k2 + 2 k3 + k4) / 6)
 
-``carry_over`` (mask source): RK4's later midpoints jump *from x_t* with a prediction made *on
-an earlier midpoint*, ``m2 = jump(x_t, k2)`` with ``k2 = f(m1)``. At a position ``m1`` already
-committed, ``k2`` is the network's output at a visible position, which a mask-source model is
-never trained on (measured on the markov teacher: entropy 2.9 nats, 8% on the visible token,
-against 1.7 nats at masked positions), so ``m2`` (and ``m3``, and the contexts ``k3``, ``k4``
-are evaluated on) can hold tokens drawn from noise. The exact denoiser puts a point mass on a
-visible token ("carry-over", MDLM's SUBS parameterisation), so ``carry_over=True`` replaces the
-network's output at every visible position of its input by that point mass before any jump or
-mixture uses it: a later midpoint then lands where the earlier one committed. Heun's single
-midpoint is unaffected; default False keeps the recipe the published results used.
+It mirrors continuous RK4's stages; it is *not* a composition of jumps (``m3`` has taken two
+jumps over the second half, ``k3`` is evaluated at ``t + h`` on a state past it, and a
+geometric mean of predictions is no law of any chain): it approximates a sharpened version of
+the composed law. ``heun`` / ``logits`` is its two-stage form, ``(k1 + k2) / 2`` on one
+midpoint (FS-DFM's ``heun_average``). ``rk4`` / ``probs`` (fixed RK weights on probabilities)
+is refused: it corresponds to no law of jumps.
 
-``committed`` chooses *what* such a position contributes (mask source, ``probs`` space only):
+``carry_over`` (mask source, default on): the network's output at every *visible* position of
+its input is replaced by a point mass on that token, as the exact denoiser's is (MDLM's SUBS
+parameterisation). A mask-source network is never trained at visible positions (measured on the
+markov teacher: 2.9 nats there against 1.7 at masked positions), so without it the logit
+recipes average noise at every position a midpoint committed; with it those positions carry
+the committed token into the target. The exact target never reads ``k2`` at committed
+positions, so it is unaffected.
 
-* ``denoiser`` (default): ``p(k1)``, the distribution the token was drawn from. A blind jump
-  draws committed tokens from ``p(k1)``, so this is the Rao-Blackwellised (lowest-variance)
-  value of the same expectation.
-* ``token``: the one-hot of the token the midpoint actually committed, ``delta(m_i)``. For a
-  blind jump ``E[delta(m_i) | committed] = p(k1)``, so the target is unchanged in expectation
-  (only noisier). For a *navigated* jump it is not: ``p(k1)`` is the distribution *before*
-  selection and so erases the navigator's choice at every position it committed, leaving
-  shaping to act only through ``k2..k4``'s context. ``token`` passes the chosen tokens on.
+``temperature`` (tau, default 1: off) sharpens the combined target, ``p ∝ target^(1/tau)``
+(``log_softmax(mix / tau)`` for logits); it applies to the shortcut rows only, never to the
+anchor rows, so it compounds to ``tau^j`` at ``j`` links above the anchor.
 
 The midpoint jump is a seam: ``jump_fn(x, logits, t, h, generator) -> x_next``. Blind
 distillation passes :func:`blind_jump`; trajectory shaping passes a navigated jump, and nothing
@@ -143,11 +144,8 @@ def blind_jump(scheduler: Scheduler, source: str, mask_id: int) -> JumpFn:
     return _jump
 
 
-def _at_source(x: Tensor, source: str, mask_id: int) -> Tensor:
-    """Positions that have not jumped yet (mask source); every position for uniform."""
-    if source == "mask":
-        return x == mask_id
-    return torch.ones_like(x, dtype=torch.bool)
+TARGETS = (("heun", "probs"), ("heun", "logits"), ("rk4", "logits"))
+COMMITTED_VALUES = ("auto", "denoiser", "token")
 
 
 @torch.no_grad()
@@ -166,16 +164,15 @@ def shortcut_target(
     generator: torch.Generator,
     temperature: float = 1.0,
     committed: str = "denoiser",
-    carry_over: bool = False,
+    carry_over: bool = True,
 ) -> Tensor:
-    """Target log-probabilities ``[B, L, C]`` (float32) for a step of size ``dt`` from ``x_t``."""
+    """Target log-probabilities ``[B, L, C]`` (float32) for a step of size ``dt`` from ``x_t``
+    (module docstring: ``heun``/``probs`` is the exact two-half-step composition)."""
     if not temperature > 0:
         raise TsdfmError(f"target temperature must be > 0, got {temperature}")
-    if method not in ("rk4", "heun"):
-        raise TsdfmError(f"unknown shortcut method {method!r}; choose rk4 or heun")
-    if space not in ("logits", "probs"):
-        raise TsdfmError(f"unknown target space {space!r}; choose logits or probs")
-    check_target_options(committed, space, source, carry_over)
+    check_target_options(committed, space, source, method)
+    if committed == "auto":
+        raise TsdfmError("resolve committed='auto' first (resolve_committed)")
     if carry_over and source == "mask":
         net = model_fn
 
@@ -186,41 +183,55 @@ def shortcut_target(
     k1 = model_fn(x_t, t, h)
     m1 = jump_fn(x_t, k1, t, h, generator)
     k2 = model_fn(m1, t + h, h)
+    if space == "probs":
+        logp = _composed_two_half_steps(
+            k1, k2, m1, t, h, dt, scheduler, source, mask_id, committed
+        ).clamp_min(1e-30).log()
+        if temperature != 1.0:
+            logp = torch.log_softmax(logp / temperature, dim=-1)
+        return logp
     if method == "heun":
-        ks, states = [k1, k2], [x_t, m1]
-        if space == "probs":
-            # q = q1 + (1 - q1) q2, so the two weights q1/q and (1 - q1) q2 / q sum to one.
-            q1 = switch_probability(t, h, scheduler)
-            q = switch_probability(t, dt, scheduler)
-            w1 = (q1 / q.clamp_min(1e-12)).float()
-            weights = [w1, 1 - w1]
-        else:
-            weights = [0.5, 0.5]
+        ks, weights = [k1, k2], [0.5, 0.5]
     else:
-        m2 = jump_fn(x_t, k2, t, h, generator)
+        m2 = jump_fn(m1, k2, t + h, h, generator)
         k3 = model_fn(m2, t + h, h)
-        m3 = jump_fn(x_t, k3, t, dt, generator)
+        m3 = jump_fn(m2, k3, t + h, h, generator)
         k4 = model_fn(m3, t + dt, h)
-        ks, states = [k1, k2, k3, k4], [x_t, m1, m2, m3]
-        weights = [1 / 6, 2 / 6, 2 / 6, 1 / 6]
-    to_space = (
-        (lambda k: torch.log_softmax(k.float(), dim=-1))
-        if space == "logits"
-        else (lambda k: torch.softmax(k.float(), dim=-1))
-    )
-    first = to_space(k1)
-    mix = torch.zeros_like(first)
-    for w, k, state in zip(weights, ks, states, strict=True):
-        at_source = _at_source(state, source, mask_id)
-        done = first
-        if committed == "token" and state is not x_t:
-            tokens = torch.where(at_source, 0, state)  # [MASK] may lie outside C
-            done = torch.nn.functional.one_hot(tokens, first.shape[-1]).to(first.dtype)
-        mix = mix + _bcast(w, k1) * torch.where(at_source.unsqueeze(-1), to_space(k), done)
-    logp = mix if space == "logits" else mix.clamp_min(1e-30).log()
-    if space == "logits" or temperature != 1.0:
-        logp = torch.log_softmax(logp / temperature, dim=-1)
-    return logp
+        ks, weights = [k1, k2, k3, k4], [1 / 6, 2 / 6, 2 / 6, 1 / 6]
+    mix = sum(w * torch.log_softmax(k.float(), dim=-1) for w, k in zip(weights, ks, strict=True))
+    return torch.log_softmax(mix / temperature, dim=-1)
+
+
+def _composed_two_half_steps(
+    k1: Tensor,
+    k2: Tensor,
+    m1: Tensor,
+    t: Tensor,
+    h: Tensor,
+    dt: Tensor,
+    scheduler: Scheduler,
+    source: str,
+    mask_id: int,
+    committed: str,
+) -> Tensor:
+    """The per-sample probabilities whose expectation over ``m1`` is the exact per-position law
+    of two chained half steps (module docstring): ``w1 p(k1) + w2 p(k2)`` with ``w2 = q2 / q``,
+    ``w1 = 1 - w2``, at positions still at the source in ``m1``; ``p(k1)`` or ``delta(m1)`` at
+    positions ``m1`` committed (mask source)."""
+    q2 = switch_probability(t + h, h, scheduler, k1.device)
+    q = switch_probability(t, dt, scheduler, k1.device)
+    w2 = (q2 / q.clamp_min(1e-300)).clamp(0.0, 1.0).float().view(-1, 1, 1)
+    p1 = torch.softmax(k1.float(), dim=-1)
+    p2 = torch.softmax(k2.float(), dim=-1)
+    mix = (1 - w2) * p1 + w2 * p2
+    if source != "mask":
+        return mix
+    if committed == "token":
+        tokens = torch.where(m1 == mask_id, 0, m1)  # [MASK] may lie outside C
+        done = torch.nn.functional.one_hot(tokens, p1.shape[-1]).to(p1.dtype)
+    else:
+        done = p1
+    return torch.where((m1 == mask_id).unsqueeze(-1), mix, done)
 
 
 def carry_over_logits(logits: Tensor, x: Tensor, mask_id: int) -> Tensor:
@@ -233,15 +244,31 @@ def carry_over_logits(logits: Tensor, x: Tensor, mask_id: int) -> Tensor:
     return torch.where(visible.unsqueeze(-1), point, logits)
 
 
-COMMITTED_VALUES = ("denoiser", "token")
+def resolve_committed(committed: str, source: str, space: str, blind_midpoints: bool) -> str:
+    """``auto`` -> ``denoiser`` where ``p(k1)`` is the law the midpoint drew committed tokens
+    from (a blind jump with the target network's own prediction; also wherever the value is
+    unused: the uniform source commits nothing, logit targets carry tokens by ``carry_over``),
+    else ``token`` (navigated with K > 1, teacher or exact midpoints)."""
+    if committed != "auto":
+        return committed
+    if source != "mask" or space != "probs" or blind_midpoints:
+        return "denoiser"
+    return "token"
 
 
-def check_target_options(committed: str, space: str, source: str, carry_over: bool = False) -> None:
-    """Refuse combinations where ``committed`` or ``carry_over`` mean nothing (module docstring)."""
-    if carry_over and source != "mask":
+def check_target_options(
+    committed: str, space: str, source: str, method: str = "heun", carry_over: bool = True
+) -> None:
+    """Refuse targets that are no law of jumps, and options that mean nothing (module doc)."""
+    if method not in ("rk4", "heun"):
+        raise TsdfmError(f"unknown shortcut method {method!r}; choose heun or rk4")
+    if space not in ("logits", "probs"):
+        raise TsdfmError(f"unknown target space {space!r}; choose probs or logits")
+    if (method, space) not in TARGETS:
         raise TsdfmError(
-            "student.carry_over applies to the mask source only: a uniform-source position is "
-            "never 'visible', every position may still change"
+            "target=rk4 with target_space=probs (fixed RK weights on probabilities) is no "
+            "composition of jumps; use target=heun target_space=probs (the exact two-half-step "
+            "composition, the default) or target=rk4 target_space=logits (FS-DFM's recipe)"
         )
     if committed not in COMMITTED_VALUES:
         raise TsdfmError(
@@ -250,17 +277,13 @@ def check_target_options(committed: str, space: str, source: str, carry_over: bo
     if committed == "token" and space != "probs":
         raise TsdfmError(
             "target_committed=token needs target_space=probs: a one-hot has no finite logits "
-            "to average"
+            "to average (with carry_over the logit targets carry committed tokens already)"
         )
     if committed == "token" and source != "mask":
         raise TsdfmError(
             "target_committed=token applies to the mask source only: uniform-source midpoints "
             "commit no positions, so there is nothing to pass on"
         )
-
-
-def _bcast(w: float | Tensor, like: Tensor) -> float | Tensor:
-    return w.view(-1, 1, 1).to(like.device) if isinstance(w, Tensor) else w
 
 
 def distillation_loss(student_logits: Tensor, target_logp: Tensor, positions: Tensor) -> Tensor:

@@ -111,6 +111,7 @@ class ShortcutObjective:
         anchor: nn.Module | None = None,
     ):
         from tsdfm.shaping import blind_jump
+        from tsdfm.shaping.shortcut import resolve_committed
 
         c = teacher.config
         self.teacher, self.cfg, self.mask_id, self.num_classes = (
@@ -123,6 +124,12 @@ class ShortcutObjective:
         self.scheduler = make_scheduler(c.scheduler, c.exponent)
         self.jump_fn = jump_fn or blind_jump(self.scheduler, self.source, mask_id)
         self.navigator = getattr(self.jump_fn, "navigator", None)
+        blind = student_cfg.midpoint == "model" and (
+            self.navigator is None or self.navigator.candidates == 1
+        )
+        self.committed = resolve_committed(
+            student_cfg.target_committed, self.source, student_cfg.target_space, blind
+        )
         self.stats_every, self._train_calls = max(1, int(stats_every)), 0
         self.target_model: nn.Module | None = None
         self.anchor = anchor if anchor is not None else teacher
@@ -169,7 +176,7 @@ class ShortcutObjective:
                     jump_fn=self.jump_fn,
                     generator=generator,
                     temperature=self.cfg.target_temperature,
-                    committed=self.cfg.target_committed,
+                    committed=self.committed,
                     carry_over=self.cfg.carry_over,
                 )
         return target, anchor

@@ -185,7 +185,7 @@ def train_student(
     data = load_prepared(data_dir, verify=True)
     teacher = load_teacher(teacher_dir, data)
     st = cfg.student
-    check_target_options(st.target_committed, st.target_space, teacher.config.source, st.carry_over)
+    check_target_options(st.target_committed, st.target_space, teacher.config.source, st.target)
     anchor = exact_anchor(teacher, data) if cfg.student.anchor == "oracle" else None
     prepare_run_dir(out_dir, resume)
     if scfg.num_threads:
@@ -219,6 +219,7 @@ def train_student(
         stats_every=scfg.log_every * scfg.grad_accum_steps,  # calls per logged interval
         anchor=anchor,
     )
+    student.config.extra["target_committed"] = objective.committed  # "auto", resolved
     if ctx.is_main:
         print(
             f"[student:{method}] {count_parameters(student) / 1e6:.2f}M parameters from "
