@@ -177,12 +177,16 @@ def test_target_bias_script(tmp_path, load_script):
     prepare_data(DataSpec(corpus="markov", seq_len=12, markov=markov), data)
     script = load_script("target_bias")
     args = ["--data", str(data), "--steps", "2", "--reps", "2", "64", "--num", "32"]
-    assert script.main([*args, "--methods", "rk4", "--out", str(tmp_path / "out")]) == 0
+    assert script.main([*args, "--out", str(tmp_path / "out")]) == 0
     rows = json.loads((tmp_path / "out" / "target_bias.json").read_text())["rows"]
-    gap = {(r["space"], r["reps"]): r["gap"] for r in rows}
+    gap = {
+        (r["space"], r["reps"]): r["gap"]
+        for r in rows
+        if r["method"] != "heun" or r["space"] == "probs"
+    }
     assert gap["probs", 64]["forward"]["2"] < gap["probs", 2]["forward"]["2"] / 8
     assert abs(gap["probs", 64]["flatness"]["2"]) < 0.01
     # deterministic given the seeds; measured -0.009 (logits) vs ~0 (probs)
     assert gap["logits", 64]["flatness"]["2"] < min(-0.004, gap["probs", 64]["flatness"]["2"])
-    assert "| rk4/probs | 64 | flatness |" in (tmp_path / "out" / "target_bias.md").read_text()
+    assert "| heun/probs | 64 | flatness |" in (tmp_path / "out" / "target_bias.md").read_text()
     assert script.main([*args, "--reps", "0", "--out", str(tmp_path / "x")]) == 2

@@ -80,7 +80,7 @@ def test_shaping_cli(run, kind):
     assert extra["method"] == "shaped" and extra["candidates"] == 2
     assert extra["compass"] == kind and extra["select"] == "argmin"
     rows = list(csv.DictReader(open(out / "log.csv")))
-    assert {"nav_gap", "nav_changed", "nav_gap_m1", "nav_gap_m3"} <= set(rows[0])
+    assert {"nav_gap", "nav_changed", "nav_gap_m1"} <= set(rows[0])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["student"]["shaping"]["candidates"] == 2 and summary["sec_per_step"] > 0
 

@@ -12,10 +12,10 @@ same comparison rejects it, so the test is shown to have the power to fail.
 import pytest
 import torch
 
+from tsdfm.errors import TsdfmError
 from tsdfm.flow import CosineScheduler, PolynomialScheduler, jump, switch_probability
 from tsdfm.shaping import blind_jump, shortcut_target
 from tsdfm.shaping.shortcut import check_target_options, resolve_committed
-from tsdfm.errors import TsdfmError
 
 V, L, MASK = 4, 4, 4
 N = 200_000  # midpoint draws per case (the issue asks for at least 100,000)
@@ -27,7 +27,9 @@ def toy(x: torch.Tensor, t: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
     """Logits that lean toward the tokens already visible and, the more is visible, toward the
     last token: a crude 'context' effect that no martingale has."""
     visible = x != MASK
-    counts = (torch.nn.functional.one_hot(torch.where(visible, x, 0), V) * visible[..., None]).sum(1)
+    counts = (torch.nn.functional.one_hot(torch.where(visible, x, 0), V) * visible[..., None]).sum(
+        1
+    )
     drift = torch.zeros(V)
     drift[-1] = 3.0 * float(L) ** -1
     logits = BIAS[None] + 1.2 * counts[:, None, :].float() + visible.sum(1).view(-1, 1, 1) * drift
@@ -73,13 +75,17 @@ def legacy_target(x_t, m1, t, dt, sched, source):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["mask", "uniform"])
-@pytest.mark.parametrize("sched", [PolynomialScheduler(1.0), CosineScheduler()], ids=["linear", "cosine"])
+@pytest.mark.parametrize(
+    "sched", [PolynomialScheduler(1.0), CosineScheduler()], ids=["linear", "cosine"]
+)
 @pytest.mark.parametrize("t0,dt0", [(0.0, 1.0), (0.25, 0.5)], ids=["t0-dt1", "interior"])
 def test_exact_target_is_the_two_half_step_law(source, sched, t0, dt0):
     x_t = start(source)
     t, dt = torch.full((N,), t0), torch.full((N,), dt0)
     q = float(switch_probability(t0, dt0, sched))
-    law, se_law = landing_law(two_half_steps(x_t, t, dt, sched, source, torch.Generator().manual_seed(0)), x_t, q, source)
+    law, se_law = landing_law(
+        two_half_steps(x_t, t, dt, sched, source, torch.Generator().manual_seed(0)), x_t, q, source
+    )
 
     midpoints = []
     blind = blind_jump(sched, source, MASK)
@@ -166,7 +172,12 @@ def test_refused_targets_and_auto_committed():
         StudentConfig(target="rk4", target_space="probs").validate()
     StudentConfig(target="rk4", target_space="logits").validate()
     d = StudentConfig()
-    assert (d.target, d.target_space, d.target_committed, d.carry_over) == ("heun", "probs", "auto", True)
+    assert (d.target, d.target_space, d.target_committed, d.carry_over) == (
+        "heun",
+        "probs",
+        "auto",
+        True,
+    )
     assert resolve_committed("auto", "mask", "probs", blind_midpoints=True) == "denoiser"
     assert resolve_committed("auto", "mask", "probs", blind_midpoints=False) == "token"
     assert resolve_committed("auto", "uniform", "probs", blind_midpoints=False) == "denoiser"

@@ -184,9 +184,11 @@ def shortcut_target(
     m1 = jump_fn(x_t, k1, t, h, generator)
     k2 = model_fn(m1, t + h, h)
     if space == "probs":
-        logp = _composed_two_half_steps(
-            k1, k2, m1, t, h, dt, scheduler, source, mask_id, committed
-        ).clamp_min(1e-30).log()
+        logp = (
+            _composed_two_half_steps(k1, k2, m1, t, h, dt, scheduler, source, mask_id, committed)
+            .clamp_min(1e-30)
+            .log()
+        )
         if temperature != 1.0:
             logp = torch.log_softmax(logp / temperature, dim=-1)
         return logp
