@@ -334,7 +334,7 @@ class Trainer:
         except (RuntimeError, ValueError, KeyError) as e:
             raise TsdfmError(
                 f"the checkpoint in {self.ckpt.directory} does not fit this stage's model "
-                f"({str(e).splitlines()[0][:200]}): resume with the config it was trained with "
+                f"({str(e).strip().splitlines()[-1].strip()[:200]}): resume with the config it was trained with "
                 f"({self.out_dir / 'config.yaml'}), or start a new run with another --out"
             ) from None
         first = self.dist.rank * self.accum
