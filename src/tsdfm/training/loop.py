@@ -2,7 +2,7 @@
 
 Responsibilities: AdamW with linear warm-up then cosine decay (torch LR schedulers), gradient
 clipping, an EMA copy (``torch.optim.swa_utils``), periodic validation, CSV logs and a progress
-bar, atomic checkpoints, exact resume, graceful stop on SIGINT/SIGTERM, and skipping of
+bar, atomic checkpoints, exact resume, graceful stop on SIGINT/SIGTERM/SIGHUP, and skipping of
 non-finite steps. A stage supplies only an objective and its data.
 
 Exact resume rests on three facts: the batch for step s is a pure function of (seed, s); all noise
@@ -38,7 +38,6 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, SequentialLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
 from tsdfm import distributed
 from tsdfm.artifacts import run_lock
@@ -46,7 +45,7 @@ from tsdfm.config import TrainConfig
 from tsdfm.distributed import derive_seed, make_generator
 from tsdfm.errors import TsdfmError
 from tsdfm.training.checkpoint import CheckpointManager
-from tsdfm.training.logs import append_row, remove_logs, truncate_logs
+from tsdfm.training.logs import TrainLog, remove_logs, truncate_logs
 from tsdfm.training.objectives import Objective
 
 
@@ -491,7 +490,7 @@ class Trainer:
         """The loop: one step, its log row, evaluation, checkpoint and stop check per turn.
 
         Each idea lives in its own method below: where the run starts (:meth:`_restore`), the
-        step (:meth:`_train_step`), reporting (:class:`_TrainLog`), checkpoint cadence
+        step (:meth:`_train_step`), reporting (:class:`TrainLog`), checkpoint cadence
         (:meth:`_checkpoint_if_due`), stop conditions (:meth:`_stop_reason`) and what is
         shipped (:meth:`_result`).
         """
@@ -506,7 +505,7 @@ class Trainer:
         # A run resumed at or past its stop step takes no further step (it is already done).
         cfg = self.cfg
         last = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step > 0 else cfg.steps
-        with _StopFlag() as stop, _TrainLog(self) as log:
+        with _StopFlag() as stop, TrainLog(self) as log:
             while self.step < last:
                 loss, metrics, grad_norm = self._train_step()
                 log.train_row(loss, metrics, grad_norm)
@@ -603,7 +602,7 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate(self, log: _TrainLog) -> float:
+    def _evaluate(self, log: TrainLog) -> float:
         """Validation loss of the EMA weights, plus the stage's own metrics (``on_eval``)."""
         val_loss = self.validate()
         if self.dist.is_main:
@@ -645,7 +644,7 @@ class Trainer:
         return None
 
     def _stop_early(
-        self, kind: str, why: str, log: _TrainLog, val_loss: float | None
+        self, kind: str, why: str, log: TrainLog, val_loss: float | None
     ) -> tuple[float | None, bool]:
         """Checkpoint and report an early end; returns (val_loss, interrupted).
 
@@ -699,76 +698,6 @@ class Trainer:
         )
 
 
-class _TrainLog:
-    """Where a run reports (rank 0 only): ``log.csv`` every ``log_every`` steps, ``eval.csv``
-    at each evaluation, TensorBoard when asked for, and the progress bar."""
-
-    def __init__(self, trainer: Trainer):
-        self.trainer, self.cfg = trainer, trainer.cfg
-        self.main = trainer.dist.is_main
-        self.tokens_per_step = self.cfg.batch_size * trainer.train.data[0].shape[-1]
-        self.tb = _tensorboard(trainer.out_dir) if self.cfg.tensorboard and self.main else None
-        self.bar = tqdm(
-            total=self.cfg.steps,
-            initial=trainer.step,
-            desc=trainer.stage,
-            disable=not trainer.progress,
-            dynamic_ncols=True,
-        )
-        self.t_window, self.tokens_window = time.perf_counter(), 0
-
-    def __enter__(self) -> _TrainLog:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
-
-    def csv_row(self, name: str, row: dict[str, Any]) -> None:
-        if self.main:
-            append_row(self.trainer.out_dir / name, row)
-
-    def write(self, message: str) -> None:
-        if self.main:
-            self.bar.write(message)
-
-    def advance(self) -> None:
-        self.bar.update(1)
-
-    def train_row(self, loss: float, metrics: dict[str, float], grad_norm: float) -> None:
-        """Count the step's tokens; every ``log_every`` steps (and at the end) write a row."""
-        step, cfg = self.trainer.step, self.cfg
-        self.tokens_window += self.tokens_per_step
-        if not self.main or not (step % cfg.log_every == 0 or step == cfg.steps):
-            return
-        now = time.perf_counter()
-        tps = self.tokens_window / max(now - self.t_window, 1e-9)
-        self.t_window, self.tokens_window = now, 0
-        row = {
-            "step": step,
-            "loss": round(loss, 6),
-            "lr": self.trainer.sched.get_last_lr()[0],
-            "grad_norm": round(grad_norm, 4),
-            "tokens_per_s": round(tps, 1),
-            "elapsed_s": round(self.trainer.elapsed, 2),
-            **{k: round(float(v), 6) for k, v in metrics.items()},
-        }
-        self.csv_row("log.csv", row)
-        if self.tb is not None:
-            for k, v in row.items():
-                if k != "step":
-                    self.tb.add_scalar(f"train/{k}", v, step)
-        self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
-
-    def eval_row(self, val_loss: float, extra: dict[str, Any]) -> None:
-        step = self.trainer.step
-        self.csv_row("eval.csv", {"step": step, "val_loss": round(val_loss, 6), **extra})
-        if self.tb is not None:
-            self.tb.add_scalar("valid/loss", val_loss, step)
-        self.write(f"[{self.trainer.stage}] step {step}: val_loss {val_loss:.4f}")
-
-
 def _no_buffer_sync() -> dict[str, bool]:
     """DDP keyword that skips re-broadcasting buffers before every forward: the only buffers
     are constant rotary tables. Newer torch renamed ``broadcast_buffers``."""
@@ -779,13 +708,3 @@ def _no_buffer_sync() -> dict[str, bool]:
     params = inspect.signature(DistributedDataParallel.__init__).parameters
     key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
     return {key: False}
-
-
-def _tensorboard(out_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise TsdfmError(
-            "train.tensorboard=true needs the tensorboard package: pip install tensorboard"
-        ) from e
-    return SummaryWriter(str(out_dir / "tensorboard"))
