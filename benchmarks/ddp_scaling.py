@@ -141,8 +141,8 @@ def numbers(out: Path) -> list[dict]:
 
 def max_weight_diff(a: Path, b: Path, step: int) -> float:
     name = f"checkpoints/step_{step:07d}.pt"
-    wa = torch.load(a / name, weights_only=False)["model"]
-    wb = torch.load(b / name, weights_only=False)["model"]
+    wa = torch.load(a / name, weights_only=True)["model"]
+    wb = torch.load(b / name, weights_only=True)["model"]
     return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
 
 

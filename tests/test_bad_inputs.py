@@ -6,6 +6,7 @@ three things: the exit code is 2, stderr is one ``error:`` line that names the p
 the fix, and the world's file listing is unchanged (no partial output directories).
 """
 
+import json
 import os
 import re
 import shutil
@@ -56,6 +57,35 @@ def _corrupt_copy(src: str, dst: str, file: str, truncate: bool = False):
         path.write_bytes(bytes(raw))
 
     return setup
+
+
+def _edited_model(dst: str, edit: Callable[[dict, dict], None]):
+    """Setup: copy the teacher's model and edit its config.json and/or weights, then rewrite
+    its manifest, so every checksum matches and only the content is wrong (issue 32)."""
+
+    def setup(w: Path, monkeypatch) -> None:
+        from safetensors.torch import load_file, save_file
+
+        from tsdfm.artifacts import write_manifest
+
+        shutil.copytree(w / "teacher/model", w / dst, dirs_exist_ok=True)
+        cfg = json.loads((w / dst / "config.json").read_text())
+        weights = load_file(w / dst / "model.safetensors")
+        edit(cfg, weights)
+        (w / dst / "config.json").write_text(json.dumps(cfg))
+        save_file(weights, w / dst / "model.safetensors")
+        write_manifest(w / dst)
+
+    return setup
+
+
+def _poison(cfg: dict, weights: dict) -> None:
+    name = sorted(k for k, v in weights.items() if v.is_floating_point())[0]
+    weights[name][..., 0] = float("nan")
+
+
+def _garbage(w: Path, monkeypatch) -> None:
+    (w / "garbage.jsonl").write_bytes(bytes(range(128, 256)) * 8)
 
 
 def _disk_nearly_full(w: Path, monkeypatch) -> None:
@@ -233,6 +263,92 @@ ROWS = [
         [*SAMPLE, "--out", "{w}/notes.txt/s.jsonl"],
         r"notes\.txt is a file",
         r"choose another --out",
+    ),
+    # issue 32: outputs on a file, a directory or a virtual file system
+    Row(
+        "pipeline-run-dir-is-a-file",
+        ["pipeline", "--config", "{w}/cfg.yaml", "--run-dir", "{w}/notes.txt", "--no-progress"],
+        r"notes\.txt is a file",
+        r"choose another --out",
+    ),
+    Row(
+        "data-out-is-a-file",
+        [*PREPARE, "--out", "{w}/notes.txt"],
+        r"notes\.txt is a file",
+        r"choose another --out",
+    ),
+    Row(
+        "sample-out-is-a-directory",
+        [*SAMPLE, "--out", "{w}/data"],
+        r"data is an existing directory",
+        r"name a file",
+    ),
+    Row(
+        "sample-out-under-proc",
+        [*SAMPLE, "--out", "/proc/tsdfm/s.jsonl"],
+        r"/proc/tsdfm is on a virtual file system",
+        r"choose another --out",
+    ),
+    Row(
+        "data-out-under-proc",
+        [*PREPARE, "--out", "/proc/tsdfm"],
+        r"virtual file system",
+        r"choose another --out",
+    ),
+    Row(
+        "teacher-out-under-sys",
+        [*TEACHER, "--out", "/sys/tsdfm"],
+        r"virtual file system",  # not "not enough disk space"
+        r"choose another --out",
+    ),
+    Row(
+        "pipeline-under-proc",
+        ["pipeline", "--config", "{w}/cfg.yaml", "--run-dir", "/proc/tsdfm", "--no-progress"],
+        r"virtual file system",
+        r"choose another --out",
+    ),
+    Row(
+        "evaluate-binary-samples",
+        [
+            "evaluate",
+            "--samples",
+            "{w}/garbage.jsonl",
+            "--data",
+            "{w}/data",
+            "--out",
+            "{w}/out/eval",
+        ],
+        r"garbage\.jsonl is not a samples file",
+        r"samples\.jsonl written by `tsdfm sample`",
+        _garbage,
+    ),
+    Row(
+        "config-json-size-mismatch",
+        [*SAMPLE[:2], "{w}/model-dim", *SAMPLE[3:], "--out", "{w}/out/s.jsonl"],
+        r"model-dim/config\.json is inconsistent with .*size mismatch",
+        r"restore the model directory",
+        _edited_model("model-dim", lambda cfg, weights: cfg.update(dim=64, n_heads=2)),
+    ),
+    Row(
+        "config-json-n-heads-0",
+        [GENERATE[0], "--model", "{w}/model-heads", *GENERATE[3:]],
+        r"model-heads/config\.json is inconsistent .*n_heads = 0",
+        r"restore the model directory",
+        _edited_model("model-heads", lambda cfg, weights: cfg.update(n_heads=0)),
+    ),
+    Row(
+        "non-finite-weights",
+        [*SAMPLE[:2], "{w}/model-nan", *SAMPLE[3:], "--out", "{w}/out/s.jsonl"],
+        r"model-nan/model\.safetensors holds non-finite weights",
+        r"Re-train it",
+        _edited_model("model-nan", _poison),
+    ),
+    # issue 32: data prepared from another config
+    Row(
+        "data-from-another-config",
+        [*TEACHER[:-1], "{w}/data-l32", "--out", "{w}/out/t"],
+        r"data-l32 was prepared from another data config \(data\.seq_len: 32 there, 16 here",
+        r"tsdfm data prepare --config",
     ),
     Row(
         "disk-full-teacher",

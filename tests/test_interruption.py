@@ -139,7 +139,7 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(setup, capsys
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_stop_signal_saves_a_checkpoint_and_loses_nothing(setup, signum, capsys):
     out = setup / f"stopped-{signum}"
     proc = start_slow_run(setup, out)
@@ -198,3 +198,16 @@ def test_nan_storm_stops_cleanly_with_a_good_checkpoint(setup, monkeypatch, caps
     assert step == CKPT_EVERY and state["bad_steps"] == 0
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert not (out / "model").exists()
+
+    # The advice works: --resume with a lower learning rate is accepted, applied and recorded.
+    monkeypatch.setattr(DenoisingObjective, "__call__", real)
+    lr = CONFIG["teacher"]["train"].get("lr", 1e-3)
+    lower = ["teacher.train.max_bad_steps=4", f"teacher.train.lr={lr / 10}"]
+    assert main(train_args(setup, out) + ["--resume", *lower]) == 0
+    assert "resume applies: teacher.train.lr" in capsys.readouterr().out
+    assert yaml.safe_load((out / "config.yaml").read_text())["teacher"]["train"]["lr"] == lr / 10
+    ref = {r["step"]: float(r["lr"]) for r in log_rows(setup / "ref")}
+    resumed = [(r["step"], float(r["lr"])) for r in log_rows(out)]
+    assert [s for s, _ in resumed] == list(ref)  # no duplicate or missing rows
+    for step, value in resumed[CKPT_EVERY:]:  # the new schedule: the old one, a tenth as high
+        assert value == pytest.approx(ref[step] / 10, rel=1e-6)

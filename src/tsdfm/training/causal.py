@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 
 from tsdfm import distributed
-from tsdfm.config import CausalStageConfig, ExperimentConfig, save_config
+from tsdfm.config import CausalStageConfig, ExperimentConfig
 from tsdfm.data import load_prepared
 from tsdfm.errors import TsdfmError
 from tsdfm.models import CausalConfig, CausalLM, count_parameters, load_pretrained
 from tsdfm.training.loop import Trainer
 from tsdfm.training.objectives import NextTokenObjective
+from tsdfm.training.stage_checks import checked_recorder
 from tsdfm.training.summary import write_summary
 from tsdfm.training.teacher import prepare_run_dir, world_note
 
@@ -106,6 +107,10 @@ def train_causal(
     ctx = distributed.setup(tcfg.device)
     data = load_prepared(data_dir, verify=True)
     prepare_run_dir(out_dir, resume)
+    section = ROLES[role]
+    record = checked_recorder(
+        cfg, data, data_dir, out_dir, resume, ("data", section), f"{section}.train"
+    )
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     torch.manual_seed(tcfg.seed)
@@ -115,8 +120,6 @@ def train_causal(
     ratio = check_compass_size(n_params, teacher_dir) if role == "compass" else None
     prepare_run_dir(out_dir, resume, model)
     if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
         print(
             f"[{role}] {n_params / 1e6:.2f}M parameters, L={data.seq_len}, "
             f"{len(data.split('train'))} training blocks, seed {tcfg.seed}" + world_note(ctx)
@@ -130,6 +133,8 @@ def train_causal(
         out_dir,
         role,
         progress=progress,
+        on_start=record,
+        config_key=f"{section}.train",
     )
     result = trainer.fit(resume=resume)
     if result.interrupted:

@@ -1,26 +1,39 @@
-"""Training checkpoints: atomic, checksummed, with an atomic ``latest`` pointer; keep the last k.
+"""Training checkpoints: atomic, checksummed, tensors only, found again whatever survives.
 
 ``checkpoints/step_0000500.pt`` holds everything needed to continue *exactly*: model, EMA,
-optimizer, LR scheduler, the noise generator's state and the step. ``checkpoints/latest.json``
-names the newest file and its sha256; it is replaced atomically after the checkpoint itself is
-complete, so a crash at any instant leaves a loadable pair. A corrupt newest checkpoint is named
-and the previous one is used instead.
+optimizer, LR scheduler, the noise generator's state and the step. ``checkpoints/index.json``
+lists the kept files with their sha256 and ``checkpoints/latest.json`` names the newest; both
+are replaced atomically after the checkpoint itself is complete, so a crash at any instant
+leaves a loadable set.
+
+Resume trusts no single file. The candidates are the pointer's entry, the index's entries and,
+when both are lost or unreadable, a scan of the ``step_*.pt`` files; the newest one that exists,
+matches its recorded sha256 (where one is recorded) and loads is used, and the others are named.
+
+Nothing in a checkpoint can run code: it is read with ``torch.load(weights_only=True)``, which
+rebuilds tensors, numbers, strings and containers only. A file that needs anything else (a
+pickled object, i.e. a payload planted in a run directory someone handed you) is refused with
+exit 2 before any of it runs.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import pickle
+import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from tsdfm.artifacts import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from tsdfm.artifacts import atomic_write_bytes, atomic_write_json, sha256_file
 from tsdfm.errors import TsdfmError
 
 POINTER = "latest.json"
 INDEX = "index.json"
+_STEP_FILE = re.compile(r"step_(\d+)\.pt")
 # A checkpoint holds the weights four times over: model, EMA copy, and AdamW's two moments.
 COPIES_PER_CHECKPOINT = 4
 
@@ -50,14 +63,44 @@ def check_disk_space(directory: Path, checkpoint_bytes: int) -> None:
         )
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Tensors and plain values only; a file that would need to unpickle objects is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise TsdfmError(
+            f"{path} holds pickled objects besides tensors and was refused unread (a tsdfm "
+            f"checkpoint never does; {str(e).splitlines()[0][:120]}): it was not written by "
+            "tsdfm or was tampered with. Delete it (or the run directory) and train again"
+        ) from None
+
+
+class Loaded(NamedTuple):
+    """A checkpoint chosen by :meth:`CheckpointManager.load_latest`."""
+
+    state: dict[str, Any]
+    step: int
+
+
 class CheckpointManager:
     def __init__(self, directory: Path, keep: int = 2):
         self.directory = Path(directory)
         self.keep = max(1, keep)
 
+    # ------------------------------------------------------------------ the two records
+    def _read_record(self, name: str) -> tuple[Any, str | None]:
+        """(parsed JSON or None, a problem or None): a lost or damaged record is not fatal."""
+        path = self.directory / name
+        if not path.is_file():
+            return None, None
+        try:
+            return json.loads(path.read_text(encoding="utf-8")), None
+        except (OSError, ValueError) as e:
+            return None, f"{path} is unreadable ({type(e).__name__})"
+
     def _index(self) -> list[dict[str, Any]]:
-        path = self.directory / INDEX
-        return read_json(path, "checkpoint index") if path.is_file() else []
+        index, _ = self._read_record(INDEX)
+        return [e for e in index if _valid_entry(e)] if isinstance(index, list) else []
 
     def save(self, state: dict[str, Any], step: int) -> Path:
         buf = io.BytesIO()
@@ -78,32 +121,96 @@ class CheckpointManager:
         return path
 
     def has_checkpoint(self) -> bool:
-        return (self.directory / POINTER).is_file()
+        """Anything to resume from: a pointer, an index, or a checkpoint file."""
+        d = self.directory
+        return (d / POINTER).is_file() or (d / INDEX).is_file() or any(self._step_files())
 
-    def load_latest(self, cleanup: bool = True, verbose: bool = True) -> tuple[dict[str, Any], int]:
-        """Newest intact checkpoint; skips (and names) corrupt ones, errors if none is intact.
+    def _step_files(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return [p for p in self.directory.iterdir() if _STEP_FILE.fullmatch(p.name)]
 
-        Under torchrun every rank reads the checkpoint but only rank 0 (``cleanup``) removes
-        leftovers and (``verbose``) reports fallbacks; all ranks pick the same file.
+    def _candidates(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """Every checkpoint worth trying, newest first, and the records that were unreadable.
+
+        The pointer and the index each name files with their sha256; files neither names
+        (both records lost) are found by name, with no checksum to hold them to.
         """
-        if not self.has_checkpoint():
-            raise TsdfmError(f"no checkpoint to resume from in {self.directory}")
-        # A run killed mid-write leaves its temp file behind (never a half-written checkpoint).
-        for leftover in self.directory.glob(".*.tmp") if cleanup else ():
-            leftover.unlink(missing_ok=True)
-        candidates = [read_json(self.directory / POINTER, "checkpoint pointer")]
-        candidates += [e for e in reversed(self._index()) if e["step"] != candidates[0]["step"]]
-        problems = []
+        pointer, p_problem = self._read_record(POINTER)
+        index, i_problem = self._read_record(INDEX)
+        entries = [pointer] if _valid_entry(pointer) else []
+        entries += [e for e in index if _valid_entry(e)] if isinstance(index, list) else []
+        problems = [p for p in (p_problem, i_problem) if p]
+        if not entries:
+            for path in self._step_files():
+                step = int(_STEP_FILE.fullmatch(path.name).group(1))
+                entries.append({"file": path.name, "step": step, "sha256": None})
+        by_step: dict[int, dict[str, Any]] = {}
+        for e in entries:  # the pointer's entry wins over the index's for the same step
+            by_step.setdefault(e["step"], e)
+        return sorted(by_step.values(), key=lambda e: -e["step"]), problems
+
+    def load_latest(self, cleanup: bool = True, verbose: bool = True) -> Loaded | None:
+        """Newest intact checkpoint (skipping and naming damaged ones); None when none is.
+
+        Under torchrun every rank reads the checkpoint but only rank 0 (``cleanup``) repairs
+        the records and removes leftovers, and (``verbose``) reports; all ranks pick the same
+        file. A checkpoint that would need to unpickle objects stops the run (exit 2).
+        """
+        candidates, problems = self._candidates()
         for entry in candidates:
             path = self.directory / entry["file"]
             if not path.is_file():
                 problems.append(f"{path} is missing")
                 continue
-            if sha256_file(path) != entry["sha256"]:
+            digest = sha256_file(path)
+            if entry["sha256"] is not None and digest != entry["sha256"]:
                 problems.append(f"{path} is corrupt (checksum mismatch)")
                 continue
+            try:
+                state = read_checkpoint(path)
+            except TsdfmError:  # a planted payload: stop, do not look further
+                raise
+            except Exception as e:  # truncated or not a torch file (only when unchecksummed)
+                problems.append(f"{path} does not load ({type(e).__name__})")
+                continue
             if problems and verbose:
-                print(f"warning: {'; '.join(problems)}; resuming from {path.name} instead")
-            state = torch.load(path, map_location="cpu", weights_only=False)
-            return state, entry["step"]
-        raise TsdfmError("no intact checkpoint: " + "; ".join(problems))
+                print(f"warning: {'; '.join(problems)}; resuming from {path.name}")
+            if cleanup:
+                self._repair({**entry, "sha256": digest}, candidates)
+            return Loaded(state, entry["step"])
+        if problems and verbose:
+            print(f"warning: {'; '.join(problems)}")
+        return None
+
+    def _repair(self, chosen: dict[str, Any], candidates: list[dict[str, Any]]) -> None:
+        """Records that name ``chosen`` again, and no file beyond the ones they keep.
+
+        Removes the temp files of a write cut short, checkpoints newer than ``chosen`` (they
+        failed verification; training will write those steps again) and orphans: files a kill
+        between the pointer write and the pruning left behind, which nothing would ever delete.
+        """
+        for leftover in self.directory.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)
+        older = [
+            e
+            for e in candidates
+            if e["step"] < chosen["step"] and e["sha256"] and (self.directory / e["file"]).is_file()
+        ]
+        kept = sorted([chosen, *older[: self.keep - 1]], key=lambda e: e["step"])
+        atomic_write_json(self.directory / INDEX, kept)
+        atomic_write_json(self.directory / POINTER, chosen)
+        names = {e["file"] for e in kept}
+        for path in self._step_files():
+            if path.name not in names:
+                path.unlink(missing_ok=True)
+
+
+def _valid_entry(e: Any) -> bool:
+    return (
+        isinstance(e, dict)
+        and isinstance(e.get("file"), str)
+        and _STEP_FILE.fullmatch(e["file"]) is not None
+        and isinstance(e.get("step"), int)
+        and isinstance(e.get("sha256"), str)
+    )

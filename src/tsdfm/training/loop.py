@@ -2,7 +2,7 @@
 
 Responsibilities: AdamW with linear warm-up then cosine decay (torch LR schedulers), gradient
 clipping, an EMA copy (``torch.optim.swa_utils``), periodic validation, CSV logs and a progress
-bar, atomic checkpoints, exact resume, graceful stop on SIGINT/SIGTERM, and skipping of
+bar, atomic checkpoints, exact resume, graceful stop on SIGINT/SIGTERM/SIGHUP, and skipping of
 non-finite steps. A stage supplies only an objective and its data.
 
 Exact resume rests on three facts: the batch for step s is a pure function of (seed, s); all noise
@@ -23,10 +23,10 @@ distributed tests compare, and what makes a resume with another world size (same
 
 from __future__ import annotations
 
-import csv
 import math
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -38,7 +38,6 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LinearLR, SequentialLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
 from tsdfm import distributed
 from tsdfm.artifacts import run_lock
@@ -46,6 +45,7 @@ from tsdfm.config import TrainConfig
 from tsdfm.distributed import derive_seed, make_generator
 from tsdfm.errors import TsdfmError
 from tsdfm.training.checkpoint import CheckpointManager
+from tsdfm.training.logs import TrainLog, remove_logs, truncate_logs
 from tsdfm.training.objectives import Objective
 
 
@@ -129,14 +129,23 @@ class FitResult:
 
 
 class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag checked at step boundaries."""
+    """Turns SIGINT/SIGTERM/SIGHUP into a flag checked at step boundaries.
+
+    SIGHUP is what a run receives when its terminal goes away (a dropped ssh session): it gets
+    the same checkpoint-and-exit as Ctrl-C, instead of dying with the steps since the last
+    checkpoint.
+    """
+
+    SIGNALS = tuple(
+        getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+    )
 
     def __init__(self):
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
 
     def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in self.SIGNALS:
             try:
                 self._old[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread
@@ -166,7 +175,12 @@ class Trainer:
         on_eval: Callable[[nn.Module, int], dict[str, float]] | None = None,
         progress: bool = True,
         extra_state: Callable[[], dict] | None = None,
+        on_start: Callable[[], None] | None = None,
+        config_key: str = "train",
     ):
+        """``on_start`` runs on rank 0 once the run directory is locked, before anything else is
+        written (the stages record their ``config.yaml`` there); ``config_key`` is this stage's
+        section in the config (``teacher.train``), named in advice to the user."""
         self.dist = distributed.setup(cfg.device)
         self.device = self.dist.device
         self.accum = cfg.grad_accum_steps
@@ -182,6 +196,7 @@ class Trainer:
         if hasattr(objective, "to"):  # frozen models inside the objective (a student's teacher)
             objective.to(self.device)
         self.out_dir, self.stage, self.on_eval = Path(out_dir), stage, on_eval
+        self.on_start, self.config_key = on_start, config_key
         self.progress = progress and self.dist.is_main
         self.train = BatchStream(train_data, cfg.batch_size, cfg.seed)
         self.valid = valid_data
@@ -218,7 +233,9 @@ class Trainer:
             )
         self.step = 0
         self.bad_steps = 0
+        self.consecutive_bad = 0
         self.elapsed = 0.0
+        self.last_saved_step: int | None = None
 
     def _stream_seed(self, shard: int) -> int:
         """Shard 0 keeps the run's seed (the one-process stream); others get derived seeds."""
@@ -239,6 +256,7 @@ class Trainer:
             "ema": self.ema.state_dict(),
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
+            "schedule": self._schedule(),
             "generator": generators[0],
             "generators": generators,  # one per shard, in shard order
             "noise_device": self.device.type,
@@ -279,12 +297,45 @@ class Trainer:
             )
         return generators
 
+    def _schedule(self) -> dict[str, float]:
+        """The config values the learning-rate schedule is built from."""
+        c = self.cfg
+        return {
+            "lr": c.lr,
+            "steps": c.steps,
+            "warmup_steps": c.warmup_steps,
+            "min_lr_ratio": c.min_lr_ratio,
+        }
+
+    def _replay_schedule(self) -> None:
+        """Put the scheduler where a fresh run of *this* config would be at ``self.step``.
+
+        Used when a resume changes ``lr`` or ``steps``: the saved scheduler still encodes the
+        old ones (a cosine past its old end even climbs again). Replaying the same ``step()``
+        calls a fresh run makes gives exactly its learning rate from here on.
+        """
+        for group in self.opt.param_groups:
+            group.pop("initial_lr", None)
+            group["lr"] = self.cfg.lr
+        self.sched = make_scheduler(self.opt, self.cfg)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+            for _ in range(self.step):
+                self.sched.step()
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         generators = self._check_resumable(state)
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise TsdfmError(
+                f"the checkpoint in {self.ckpt.directory} does not fit this stage's model "
+                f"({str(e).strip().splitlines()[-1].strip()[:200]}): resume with the config it was trained with "
+                f"({self.out_dir / 'config.yaml'}), or start a new run with another --out"
+            ) from None
         first = self.dist.rank * self.accum
         for g, saved in zip(self.generators, generators[first : first + self.accum], strict=True):
             g.set_state(saved)
@@ -301,6 +352,19 @@ class Trainer:
             state["bad_steps"],
             state["elapsed"],
         )
+        saved = state.get("schedule")
+        if saved is not None and saved != self._schedule():
+            self._replay_schedule()
+            if self.dist.is_main:
+                changed = ", ".join(
+                    f"{k} {saved.get(k)} -> {v}"
+                    for k, v in self._schedule().items()
+                    if saved.get(k) != v
+                )
+                print(
+                    f"[{self.stage}] schedule changed on resume ({changed}): from step "
+                    f"{self.step} the learning rate follows the new schedule"
+                )
 
     def save_checkpoint(self) -> Path:
         """Rank 0 writes; every rank waits until the checkpoint is complete (collective)."""
@@ -309,6 +373,7 @@ class Trainer:
         if self.dist.is_main:
             path = self.ckpt.save(state, self.step)
         distributed.barrier()
+        self.last_saved_step = self.step
         return path
 
     # ------------------------------------------------------------------ batches and precision
@@ -411,31 +476,6 @@ class Trainer:
         model.train(was)
         return result
 
-    # ------------------------------------------------------------------ logs
-    def _log(self, name: str, row: dict[str, Any]) -> None:
-        path = self.out_dir / name
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
-
-    def _truncate_logs(self) -> None:
-        """After a resume, drop log rows past the checkpoint so the CSV has no duplicate steps."""
-        for name in ("log.csv", "eval.csv"):
-            path = self.out_dir / name
-            if not path.exists():
-                continue
-            with open(path, newline="") as f:
-                rows = list(csv.DictReader(f))
-            keep = [r for r in rows if int(r["step"]) <= self.step]
-            if len(keep) != len(rows) and rows:
-                with open(path, "w", newline="") as f:
-                    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                    w.writeheader()
-                    w.writerows(keep)
-
     # ------------------------------------------------------------------ fit
     def fit(self, resume: bool = False) -> FitResult:
         """Train to ``cfg.steps``. Under torchrun every rank calls this; rank 0 alone writes
@@ -447,141 +487,190 @@ class Trainer:
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> FitResult:
-        cfg, main = self.cfg, self.dist.is_main
-        if main:
+        """The loop: one step, its log row, evaluation, checkpoint and stop check per turn.
+
+        Each idea lives in its own method below: where the run starts (:meth:`_restore`), the
+        step (:meth:`_train_step`), reporting (:class:`TrainLog`), checkpoint cadence
+        (:meth:`_checkpoint_if_due`), stop conditions (:meth:`_stop_reason`) and what is
+        shipped (:meth:`_result`).
+        """
+        if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        if resume and self.ckpt.has_checkpoint():
-            state, step = self.ckpt.load_latest(cleanup=main, verbose=main)
-            self.load_state_dict(state)
-            if main:
-                print(f"[{self.stage}] resumed from step {step} ({self.ckpt.directory})")
-                self._truncate_logs()
-        elif not resume and main:
-            for name in ("log.csv", "eval.csv"):
-                (self.out_dir / name).unlink(missing_ok=True)
-        tb = _tensorboard(self.out_dir) if cfg.tensorboard and main else None
+            if self.on_start is not None:  # inside the lock: a refused process writes nothing
+                self.on_start()
+        self._restore(resume)
         self.net.train()
-        consecutive_bad, interrupted = 0, False
-        tokens_per_step = cfg.batch_size * self.train.data[0].shape[-1]
-        val_loss = None
-        bar = tqdm(
-            total=cfg.steps,
-            initial=self.step,
-            desc=self.stage,
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
-        t_window, tokens_window = time.perf_counter(), 0
+        self.consecutive_bad = 0
+        val_loss, interrupted = None, False
         # A run resumed at or past its stop step takes no further step (it is already done).
+        cfg = self.cfg
         last = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step > 0 else cfg.steps
-        with _StopFlag() as stop:
+        with _StopFlag() as stop, TrainLog(self) as log:
             while self.step < last:
-                t0 = time.perf_counter()
-                loss, metrics, ok = self._forward_backward()
-                grad_norm = float("nan")
-                if ok:
-                    grad_norm = float(
-                        torch.nn.utils.clip_grad_norm_(
-                            self.model.parameters(),
-                            cfg.grad_clip if cfg.grad_clip > 0 else float("inf"),
-                        )
-                    )
-                    ok = math.isfinite(grad_norm)
-                if ok:
-                    self.opt.step()
-                    self.ema.update_parameters(self.model)
-                    consecutive_bad = 0
-                else:
-                    self.opt.zero_grad(set_to_none=True)
-                    self.bad_steps += 1
-                    consecutive_bad += 1
-                    if main:
-                        print(
-                            f"[{self.stage}] step {self.step}: non-finite loss/gradient, step "
-                            "skipped"
-                        )
-                    if consecutive_bad >= cfg.max_bad_steps:
-                        raise TsdfmError(
-                            f"{consecutive_bad} consecutive non-finite steps at step {self.step}: "
-                            "training stopped; the last good checkpoint is intact. Lower the "
-                            "learning rate or check the data, then --resume"
-                        )
-                self.sched.step()
-                self.step += 1
-                self.elapsed += time.perf_counter() - t0
-                tokens_window += tokens_per_step
-                if main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
-                    now = time.perf_counter()
-                    tps = tokens_window / max(now - t_window, 1e-9)
-                    t_window, tokens_window = now, 0
-                    row = {
-                        "step": self.step,
-                        "loss": round(loss, 6),
-                        "lr": self.sched.get_last_lr()[0],
-                        "grad_norm": round(grad_norm, 4),
-                        "tokens_per_s": round(tps, 1),
-                        "elapsed_s": round(self.elapsed, 2),
-                        **{k: round(float(v), 6) for k, v in metrics.items()},
-                    }
-                    self._log("log.csv", row)
-                    if tb is not None:
-                        for k, v in row.items():
-                            if k != "step":
-                                tb.add_scalar(f"train/{k}", v, self.step)
-                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}", refresh=False)
+                loss, metrics, grad_norm = self._train_step()
+                log.train_row(loss, metrics, grad_norm)
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                    val_loss = self.validate()
-                    if main:
-                        with self._autocast():
-                            extra = self.on_eval(self.ema.module, self.step) if self.on_eval else {}
-                        self._log(
-                            "eval.csv", {"step": self.step, "val_loss": round(val_loss, 6), **extra}
-                        )
-                        if tb is not None:
-                            tb.add_scalar("valid/loss", val_loss, self.step)
-                        bar.write(f"[{self.stage}] step {self.step}: val_loss {val_loss:.4f}")
-                bar.update(1)
-                # Not inside a run of non-finite steps: if it ends in a stop, the newest
-                # checkpoint must be the last good one, not a copy of the trouble.
-                due = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
-                if due and consecutive_bad == 0:
-                    self.save_checkpoint()
-                out_of_time = cfg.max_minutes > 0 and self.elapsed > 60 * cfg.max_minutes
-                at_stop_step = 0 < cfg.stop_at_step <= self.step
-                over_budget, stopped = self._agree(
-                    out_of_time or at_stop_step, stop.signum is not None
+                    val_loss = self._evaluate(log)
+                log.advance()
+                self._checkpoint_if_due()
+                reason = self._stop_reason(stop)
+                if reason is not None:
+                    val_loss, interrupted = self._stop_early(*reason, log, val_loss)
+                    break
+        return self._result(val_loss, interrupted, log.tokens_per_step)
+
+    # ------------------------------------------------------------------ where the run starts
+    def _restore(self, resume: bool) -> None:
+        """Step 0 for a new run (its logs emptied); for ``--resume`` the newest intact checkpoint.
+
+        The checkpoint is found whichever of ``latest.json`` / ``index.json`` survives (or by a
+        scan of ``checkpoints/``); with none intact the run starts from step 0 and says so.
+        Either way the logs keep only whole rows up to the step the run continues from.
+        """
+        main = self.dist.is_main
+        self.last_saved_step = None
+        if not resume:
+            if main:
+                remove_logs(self.out_dir)
+            return
+        loaded = None
+        if self.ckpt.has_checkpoint():
+            loaded = self.ckpt.load_latest(cleanup=main, verbose=main)
+        if loaded is not None:
+            self.load_state_dict(loaded.state)
+            self.last_saved_step = loaded.step
+            if main:
+                print(f"[{self.stage}] resumed from step {loaded.step} ({self.ckpt.directory})")
+        elif main:
+            print(
+                f"[{self.stage}] --resume: no intact checkpoint in {self.ckpt.directory}; "
+                "starting from step 0"
+            )
+        if main:
+            truncate_logs(self.out_dir, self.step)
+
+    # ------------------------------------------------------------------ the step
+    def _train_step(self) -> tuple[float, dict[str, float], float]:
+        """One optimiser step, or a skipped one when the loss or gradient is not finite.
+
+        Returns (loss, metrics, gradient norm). A skipped step still advances the schedule and
+        the step counter, so a resumed run stays aligned with an uninterrupted one.
+        """
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        loss, metrics, ok = self._forward_backward()
+        grad_norm = float("nan")
+        if ok:
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(
+                    self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
                 )
-                if over_budget and self.step < cfg.steps:
-                    val_loss = self.validate()
-                    if main:
-                        self._log("eval.csv", {"step": self.step, "val_loss": round(val_loss, 6)})
-                    self.save_checkpoint()
-                    if main:
-                        why = (
-                            f"stop_at_step={cfg.stop_at_step} reached"
-                            if at_stop_step
-                            else f"time budget of {cfg.max_minutes} min reached"
-                        )
-                        bar.write(
-                            f"[{self.stage}] {why} at step {self.step}/{cfg.steps}; "
-                            f"finishing early (val_loss {val_loss:.4f})"
-                        )
-                    break
-                if stopped and self.step < cfg.steps:
-                    self.save_checkpoint()
-                    interrupted = True
-                    if main:
-                        by = f"signal {stop.signum}" if stop.signum is not None else "a signal"
-                        bar.write(
-                            f"[{self.stage}] stopped by {by} at step {self.step}; "
-                            "checkpoint saved. To continue, re-run the same command (`tsdfm "
-                            "train ...` with --resume; `tsdfm pipeline` resumes by itself)."
-                        )
-                    break
-        bar.close()
-        if tb is not None:
-            tb.close()
-        shipped, val_losses = "ema", None
+            )
+            ok = math.isfinite(grad_norm)
+        if ok:
+            self.opt.step()
+            self.ema.update_parameters(self.model)
+            self.consecutive_bad = 0
+        else:
+            self._skip_bad_step()
+        self.sched.step()
+        self.step += 1
+        self.elapsed += time.perf_counter() - t0
+        return loss, metrics, grad_norm
+
+    def _skip_bad_step(self) -> None:
+        """Count a non-finite step; stop (exit 2) after ``max_bad_steps`` in a row."""
+        self.opt.zero_grad(set_to_none=True)
+        self.bad_steps += 1
+        self.consecutive_bad += 1
+        if self.dist.is_main:
+            print(f"[{self.stage}] step {self.step}: non-finite loss/gradient, step skipped")
+        if self.consecutive_bad < self.cfg.max_bad_steps:
+            return
+        where = f"{self.consecutive_bad} consecutive non-finite steps at step {self.step}"
+        lr = f"{self.config_key}.lr={self.cfg.lr / 10:g}"
+        if self.last_saved_step is None:
+            raise TsdfmError(
+                f"{where}: training stopped before its first checkpoint, so there is nothing to "
+                f"resume. Lower the learning rate (e.g. {lr}) or check the data, then run the "
+                "same command again"
+            )
+        raise TsdfmError(
+            f"{where}: training stopped; the last good checkpoint (step {self.last_saved_step}) "
+            f"is intact. Lower the learning rate or check the data, then continue with --resume "
+            f"(e.g. --resume {lr})"
+        )
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, log: TrainLog) -> float:
+        """Validation loss of the EMA weights, plus the stage's own metrics (``on_eval``)."""
+        val_loss = self.validate()
+        if self.dist.is_main:
+            with self._autocast():
+                extra = self.on_eval(self.ema.module, self.step) if self.on_eval else {}
+            log.eval_row(val_loss, extra)
+        return val_loss
+
+    # ------------------------------------------------------------------ checkpoint cadence
+    def _checkpoint_if_due(self) -> None:
+        """Every ``ckpt_every`` steps and at the last step, but never inside a run of
+        non-finite steps: if it ends in a stop, the newest checkpoint must be the last good
+        one, not a copy of the trouble."""
+        cfg = self.cfg
+        due = self.step % cfg.ckpt_every == 0 or self.step == cfg.steps
+        if due and self.consecutive_bad == 0:
+            self.save_checkpoint()
+
+    # ------------------------------------------------------------------ stop conditions
+    def _stop_reason(self, stop: _StopFlag) -> tuple[str, str] | None:
+        """("budget", why) at the time cap or ``stop_at_step``, ("signal", which) after a stop
+        signal, None otherwise (and always at the last step, where the run ends anyway).
+        Collective under torchrun: a reason on any rank stops every rank at the same step."""
+        cfg = self.cfg
+        out_of_time = cfg.max_minutes > 0 and self.elapsed > 60 * cfg.max_minutes
+        at_stop_step = 0 < cfg.stop_at_step <= self.step
+        over_budget, stopped = self._agree(out_of_time or at_stop_step, stop.signum is not None)
+        if self.step >= cfg.steps:
+            return None
+        if over_budget:
+            why = (
+                f"stop_at_step={cfg.stop_at_step} reached"
+                if at_stop_step
+                else f"time budget of {cfg.max_minutes} min reached"
+            )
+            return "budget", why
+        if stopped:
+            return "signal", f"signal {stop.signum}" if stop.signum is not None else "a signal"
+        return None
+
+    def _stop_early(
+        self, kind: str, why: str, log: TrainLog, val_loss: float | None
+    ) -> tuple[float | None, bool]:
+        """Checkpoint and report an early end; returns (val_loss, interrupted).
+
+        A budget stop is a finished run (validated, shipped); a signal stop is an interruption
+        that ``--resume`` continues.
+        """
+        if kind == "budget":
+            val_loss = self.validate()
+            log.csv_row("eval.csv", {"step": self.step, "val_loss": round(val_loss, 6)})
+            self.save_checkpoint()
+            log.write(
+                f"[{self.stage}] {why} at step {self.step}/{self.cfg.steps}; "
+                f"finishing early (val_loss {val_loss:.4f})"
+            )
+            return val_loss, False
+        self.save_checkpoint()
+        log.write(
+            f"[{self.stage}] stopped by {why} at step {self.step}; checkpoint saved. To "
+            "continue, re-run the same command (`tsdfm train ...` with --resume; `tsdfm "
+            "pipeline` resumes by itself)."
+        )
+        return val_loss, True
+
+    # ------------------------------------------------------------------ what is shipped
+    def _result(self, val_loss: float | None, interrupted: bool, tokens_per_step: int) -> FitResult:
+        cfg, shipped, val_losses = self.cfg, "ema", None
         if not interrupted and cfg.ship != "ema":
             # An EMA lags a model that is still improving: in a short run it averages over weights
             # from the high-learning-rate phase. Keep whichever validates better (``ship: auto``).
@@ -590,7 +679,7 @@ class Trainer:
             val_losses = {"ema": ema_loss, "raw": raw_loss}
             if cfg.ship == "raw" or raw_loss < ema_loss:
                 shipped, val_loss = "raw", raw_loss
-            if main:
+            if self.dist.is_main:
                 print(
                     f"[{self.stage}] validation: EMA {ema_loss:.4f}, raw {raw_loss:.4f} -> "
                     f"shipping {shipped}"
@@ -619,13 +708,3 @@ def _no_buffer_sync() -> dict[str, bool]:
     params = inspect.signature(DistributedDataParallel.__init__).parameters
     key = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
     return {key: False}
-
-
-def _tensorboard(out_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise TsdfmError(
-            "train.tensorboard=true needs the tensorboard package: pip install tensorboard"
-        ) from e
-    return SummaryWriter(str(out_dir / "tensorboard"))

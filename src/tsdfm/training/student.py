@@ -9,7 +9,7 @@ import torch
 
 from tsdfm import distributed
 from tsdfm.artifacts import atomic_write_json, now_iso
-from tsdfm.config import ExperimentConfig, save_config
+from tsdfm.config import ExperimentConfig
 from tsdfm.data import load_prepared
 from tsdfm.distributed import make_generator
 from tsdfm.errors import TsdfmError
@@ -17,6 +17,7 @@ from tsdfm.models import Denoiser, build_student, count_parameters, load_pretrai
 from tsdfm.shaping.shortcut import check_target_options
 from tsdfm.training.loop import Trainer
 from tsdfm.training.objectives import ShortcutObjective
+from tsdfm.training.stage_checks import checked_recorder
 from tsdfm.training.teacher import prepare_run_dir, world_note
 
 
@@ -188,6 +189,9 @@ def train_student(
     check_target_options(st.target_committed, st.target_space, teacher.config.source, st.target)
     anchor = exact_anchor(teacher, data) if cfg.student.anchor == "oracle" else None
     prepare_run_dir(out_dir, resume)
+    record = checked_recorder(
+        cfg, data, data_dir, out_dir, resume, ("data", "flow", "student"), "student.train"
+    )
     if scfg.num_threads:
         torch.set_num_threads(scfg.num_threads)
     torch.manual_seed(scfg.seed)
@@ -207,9 +211,6 @@ def train_student(
             **(extra or {}),
         }
     )
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
     objective = ShortcutObjective(
         teacher,
         cfg.student,
@@ -238,6 +239,8 @@ def train_student(
         f"student:{method}",
         on_eval=quick_eval(data),
         progress=progress,
+        on_start=record,
+        config_key="student.train",
     )
     objective.target_model = trainer.ema.module
     result = trainer.fit(resume=resume)

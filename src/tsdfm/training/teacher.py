@@ -9,13 +9,14 @@ import torch
 
 from tsdfm import distributed
 from tsdfm.artifacts import ensure_writable
-from tsdfm.config import ExperimentConfig, save_config
+from tsdfm.config import ExperimentConfig
 from tsdfm.data import load_prepared
 from tsdfm.errors import TsdfmError
 from tsdfm.models import Denoiser, DenoiserConfig, count_parameters
 from tsdfm.training.checkpoint import check_disk_space, estimate_checkpoint_bytes
 from tsdfm.training.loop import Trainer
 from tsdfm.training.objectives import DenoisingObjective
+from tsdfm.training.stage_checks import checked_recorder
 from tsdfm.training.summary import write_summary
 
 
@@ -70,6 +71,9 @@ def train_teacher(
     ctx = distributed.setup(tcfg.device)
     data = load_prepared(data_dir, verify=True)
     prepare_run_dir(out_dir, resume)
+    record = checked_recorder(
+        cfg, data, data_dir, out_dir, resume, ("data", "flow", "teacher"), "teacher.train"
+    )
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     torch.manual_seed(tcfg.seed)
@@ -78,9 +82,6 @@ def train_teacher(
     if cfg.teacher.init_from:
         warm_start(model, Path(cfg.teacher.init_from), verbose=ctx.is_main)
     prepare_run_dir(out_dir, resume, model)
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
     objective = DenoisingObjective(
         cfg.flow.source,
         cfg.flow.scheduler,
@@ -105,6 +106,8 @@ def train_teacher(
         out_dir,
         "teacher",
         progress=progress,
+        on_start=record,
+        config_key="teacher.train",
     )
     result = trainer.fit(resume=resume)
     if result.interrupted:
