@@ -15,6 +15,13 @@ steps (with and without forward caching) at L = 1,024. Each line reports tokens/
 and after the first ``--warmup`` steps, which include CUDA start-up and any compilation) and the
 peak CUDA memory of that stage.
 
+Every training row also reports its model FLOPs utilisation (MFU): the steady tokens/s times
+the training FLOPs per token (6 x the per-token matmul weights, plus 12 x layers x dim x L for
+attention scores and mixing, forward and backward: PaLM's count; embedding lookups are free)
+over the GPU's dense bf16 peak, known for H100 and H200 (989 TFLOPS, both SXM); on any other
+device the MFU is null and ``mfu_note`` says why. ``--teacher-only`` stops after the teacher
+(scripts/gpu_check.sh uses it for the torch.compile run, whose compilation is per stage).
+
 ``--tiny --device cpu`` runs the same code at a toy shape on a CPU: the check that this script
 works, for machines without a GPU (tests/test_distributed.py runs it).
 """
@@ -49,6 +56,8 @@ from tsdfm.shaping import CausalCompass, Navigator, blind_jump
 from tsdfm.training.loop import Trainer
 from tsdfm.training.objectives import DenoisingObjective, NextTokenObjective, ShortcutObjective
 
+# Dense (no sparsity) bf16 tensor-core peak, FLOP/s, by a substring of the device name.
+BF16_PEAK = {"H100": 989e12, "H200": 989e12}
 FULL = dict(vocab=50259, seq_len=1024, dim=768, layers=12, heads=12, compass=(256, 6, 4))
 TINY = dict(vocab=509, seq_len=64, dim=64, layers=2, heads=2, compass=(32, 1, 2))
 
@@ -61,6 +70,29 @@ def walk_corpus(n: int, length: int, vocab: int, seed: int) -> np.ndarray:
     for i in range(1, length):
         out[:, i] = (7919 * out[:, i - 1] + 17 + steps[:, i]) % vocab
     return out
+
+
+def bf16_peak(device_name: str) -> float | None:
+    """The dense bf16 peak of a known GPU (by name), else None: MFU is then not computed."""
+    return next((v for k, v in BF16_PEAK.items() if k in device_name.upper()), None)
+
+
+def train_flops_per_token(model: torch.nn.Module) -> float:
+    """Training FLOPs per token: 6 x the weights of per-token matmuls (every nn.Linear except
+    per-sequence time conditioning) + 12 x n_layers x dim x seq_len for attention (QK^T and
+    AV, 2 x L x dim each per token forward, x3 with backward)."""
+    per_sequence = tuple(
+        name for name, m in model.named_modules() if type(m).__name__ == "ScalarEmbedding"
+    )
+    weights = sum(
+        m.weight.numel()
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        and "modulation" not in name
+        and not name.startswith(per_sequence or ("\0",))
+    )
+    c = model.config
+    return 6.0 * weights + 12.0 * c.n_layers * c.dim * c.max_len
 
 
 class Stage:
@@ -98,6 +130,20 @@ def steady_tokens_per_s(out: Path, tokens_per_step: int, warmup: int) -> float:
     return (s1 - s0) * tokens_per_step / max(e1 - e0, 1e-9)
 
 
+def mfu_fields(model, steady_tps: float, device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = bf16_peak(name)
+    fpt = train_flops_per_token(model)
+    achieved = steady_tps * fpt
+    return {
+        "train_GFLOP_per_token": round(fpt / 1e9, 4),
+        "achieved_TFLOPS": round(achieved / 1e12, 2),
+        "bf16_peak_TFLOPS": None if peak is None else peak / 1e12,
+        "mfu": None if peak is None or achieved != achieved else round(achieved / peak, 4),
+        "mfu_note": "" if peak else f"no known bf16 peak for {name!r}: MFU not computed",
+    }
+
+
 def train(name, model, objective, data, cfg, root, args, device, rows, bind_ema=False):
     out = root / name
     with Stage(device) as st:
@@ -106,18 +152,22 @@ def train(name, model, objective, data, cfg, root, args, device, rows, bind_ema=
             objective.target_model = tr.ema.module
         res = tr.fit()
     tokens = cfg.batch_size * data[0].shape[1]
+    steady = steady_tokens_per_s(out, tokens, args.warmup)
     row = {
         "stage": name,
         "parameters_M": round(count_parameters(model) / 1e6, 1),
         "steps": res.steps,
         "batch": cfg.batch_size,
         "tokens_per_s": round(res.tokens_per_second),
-        "tokens_per_s_after_warmup": round(steady_tokens_per_s(out, tokens, args.warmup)),
+        "tokens_per_s_after_warmup": round(steady) if steady == steady else None,
         "peak_mem_GiB": round(st.peak_gib, 2),
         "seconds": round(st.seconds, 1),
         "final_val_loss": round(res.final_val_loss, 4),
         "precision": str(tr.autocast_dtype or "fp32").replace("torch.", ""),
+        "compile": cfg.compile,
     }
+    if not name.startswith("student"):  # a student step also runs the teacher: no clean count
+        row.update(mfu_fields(model, steady, device))
     rows.append(row)
     print(json.dumps(row), flush=True)
     shutil.rmtree(out, ignore_errors=True)  # a 170M checkpoint is ~2.6 GB: keep the disk free
@@ -170,6 +220,7 @@ def main() -> int:
     ap.add_argument("--num-samples", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=5, help="steps left out of the steady rate")
     ap.add_argument("--compile", action="store_true", help="train.compile=true for every stage")
+    ap.add_argument("--teacher-only", action="store_true", help="stop after the teacher stage")
     ap.add_argument("--out", type=Path, default=Path("/tmp/tsdfm-gpu-smoke"))
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -216,6 +267,39 @@ def main() -> int:
     teacher = train(
         "teacher", teacher, objective, data, cfg(args.steps, args.batch), root, args, device, rows
     )
+    if not args.teacher_only:
+        more_stages(teacher, dcfg, data, cfg, root, args, device, rows, tok, shape)
+    total = time.perf_counter() - t_all
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = bf16_peak(device_name)
+    summary = {
+        "device": device_name,
+        "torch": torch.__version__,
+        "shape": {k: v for k, v in shape.items()},
+        "compile": args.compile,
+        "bf16_peak_TFLOPS": None if peak is None else peak / 1e12,
+        "total_seconds": round(total, 1),
+        "rows": rows,
+    }
+    (root / "gpu_smoke.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(
+        f"\n{'stage':<32} {'tokens/s':>12} {'steady tok/s':>13} {'MFU':>6} {'peak GiB':>9} {'s':>7}"
+    )
+    for r in rows:
+        steady = r.get("tokens_per_s_after_warmup", "")
+        mfu = r.get("mfu")
+        print(
+            f"{r['stage']:<32} {r['tokens_per_s']:>12,} {steady!s:>13} "
+            f"{'-' if mfu is None else f'{mfu:.1%}':>6} {r['peak_mem_GiB']:>9} {r['seconds']:>7}"
+        )
+    print(f"total {total:.0f}s on {summary['device']}; details in {root / 'gpu_smoke.json'}")
+    return 0
+
+
+def more_stages(teacher, dcfg, data, cfg, root, args, device, rows, tok, shape) -> None:
+    """The compass, the AR baseline, a blind and a shaped student, then sampling."""
+    v = shape["vocab"]
+    L = shape["seq_len"]
 
     cdim, clayers, cheads = shape["compass"]
     lm_shapes = {
@@ -270,25 +354,6 @@ def main() -> int:
     sample("student-shaped", students["shaped"], tok, 8, args, shape, device, rows)
     sample("teacher", teacher, tok, 1024, args, shape, device, rows)
     sample("teacher", teacher, tok, 1024, args, shape, device, rows, cache=False)
-    total = time.perf_counter() - t_all
-    summary = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "shape": {k: v for k, v in shape.items()},
-        "compile": args.compile,
-        "total_seconds": round(total, 1),
-        "rows": rows,
-    }
-    (root / "gpu_smoke.json").write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"\n{'stage':<32} {'tokens/s':>12} {'steady tok/s':>13} {'peak GiB':>9} {'s':>7}")
-    for r in rows:
-        steady = r.get("tokens_per_s_after_warmup", "")
-        print(
-            f"{r['stage']:<32} {r['tokens_per_s']:>12,} {steady!s:>13} "
-            f"{r['peak_mem_GiB']:>9} {r['seconds']:>7}"
-        )
-    print(f"total {total:.0f}s on {summary['device']}; details in {root / 'gpu_smoke.json'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -112,14 +112,20 @@ def test_empty_and_tiny_corpora(tmp_path):
     assert not list(tmp_path.glob(".d*.partial-*"))
 
 
-def test_interrupted_prepare_leaves_nothing(jsonl, tmp_path, monkeypatch):
+def test_interrupted_prepare_leaves_no_data_and_resumes(jsonl, tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("tsdfm.data.prepare.write_blocks", boom)
+    monkeypatch.setattr("tsdfm.data.prepare.assemble_split", boom)
     with pytest.raises(KeyboardInterrupt):
         prep(text_spec(jsonl), tmp_path / "d", tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.jsonl"]
+    # no data where it would be mistaken for complete; the work directory stays to resume
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".d.partial", "corpus.jsonl"]
+    monkeypatch.undo()
+    data = prep(text_spec(jsonl), tmp_path / "d", tmp_path)
+    fresh = prep(text_spec(jsonl), tmp_path / "fresh", tmp_path)
+    assert data.manifest["splits"] == fresh.manifest["splits"]
+    assert not (tmp_path / ".d.partial").exists()
 
 
 def test_refuses_foreign_directory(jsonl, tmp_path):

@@ -101,12 +101,17 @@ def test_hf_corpus_without_datasets_is_a_clear_error(tmp_path, monkeypatch):
 def test_hf_corpus_reads_the_text_column(tmp_path, monkeypatch):
     calls = []
 
-    class FakeDataset:
+    class FakeDataset:  # the part of datasets.Dataset that is used: rows read in batches
         column_names = ["text", "meta"]
         _fingerprint = "abc123"
+        rows = [*texts(200, seed=2), None]  # a missing text is skipped
 
-        def __getitem__(self, key):
-            return texts(200, seed=2)
+        def __len__(self):
+            return len(self.rows)
+
+        def iter(self, batch_size):
+            for start in range(0, len(self.rows), batch_size):
+                yield {"text": self.rows[start : start + batch_size]}
 
     def load_dataset(name, split):
         calls.append((name, split))
@@ -123,6 +128,8 @@ def test_hf_corpus_reads_the_text_column(tmp_path, monkeypatch):
     data = prepare_data(spec, tmp_path / "d", cache_dir=tmp_path / "c", progress=False)
     assert calls == [("someone/corpus", "train[:10%]")]
     assert data.manifest["source"]["kind"] == "huggingface"
+    assert data.manifest["source"]["rows"] == 201
+    assert sum(s["documents"] for s in data.manifest["splits"].values()) == 200
     assert len(data.split("train")) > 0
 
 

@@ -4,4 +4,4 @@ from source (``PYTHONPATH=src``) where the package is not installed."""
 from tsdfm.cli import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())  # the exit code (2 for bad input) reaches the shell

@@ -29,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     prep = data.add_parser("prepare", help="fetch/split/tokenize/pack a corpus")
     _add_config(prep)
     prep.add_argument("--out", help="output directory (default runs/<config name>/data)")
+    prep.add_argument(
+        "--num-proc",
+        type=int,
+        default=1,
+        help="processes that tokenise text (default 1); the data does not depend on it",
+    )
 
     train = sub.add_parser("train", help="train a stage").add_subparsers(
         dest="stage", required=True
@@ -223,8 +229,9 @@ def _run(args) -> int:
         cfg = _cfg(args)
         out = Path(args.out or f"runs/{cfg.name}/data")
         ensure_writable(out)
-        d = prepare_data(cfg.data, out, progress=not args.no_progress)
-        print(json.dumps(d.manifest.get("counts", {}), indent=1))
+        d = prepare_data(cfg.data, out, progress=not args.no_progress, num_proc=args.num_proc)
+        counts = {k: v["blocks"] for k, v in d.manifest["splits"].items()}
+        print(json.dumps({"blocks": counts}, indent=1))
         print(f"data ready in {out}")
     elif args.command == "train" and args.stage == "causal":
         _train_causal(args)

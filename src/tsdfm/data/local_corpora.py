@@ -4,11 +4,16 @@ or a directory holding any of these (searched recursively, in sorted order).
 
 Ids default to ``f"{filename}:{index}"`` (filename relative to the directory given), so they
 stay stable while files are not renamed; the split depends only on them.
+
+Reading is lazy (:func:`iter_local`): one line of a ``.jsonl``, one record batch of a
+``.parquet`` file, one ``.txt`` file at a time, so a corpus larger than memory can be
+streamed through the data stage.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +24,11 @@ from tsdfm.errors import TsdfmError
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
-def load_local(path: Path) -> tuple[list[Document], dict[str, Any]]:
-    """All documents under `path` plus a source record whose sha256 covers every file."""
+def iter_local(path: Path) -> Iterator[Document]:
+    """The documents under `path`, read lazily in file order (sorted) and file position."""
     files, names = _list_files(Path(path))
-    docs: list[Document] = []
     for file, name in zip(files, names, strict=True):
-        docs.extend(_READERS[file.suffix](file, name))
-    return docs, local_source(path)
+        yield from _READERS[file.suffix](file, name)
 
 
 def local_source(path: Path) -> dict[str, Any]:
@@ -63,13 +66,20 @@ def _read_text(file: Path) -> str:
         raise TsdfmError(f"{file} is not valid UTF-8 ({e}); convert it to UTF-8") from None
 
 
-def _txt(file: Path, name: str) -> list[Document]:
-    return [Document(id=f"{name}:0", text=_read_text(file))]
+def _txt(file: Path, name: str) -> Iterator[Document]:
+    yield Document(id=f"{name}:0", text=_read_text(file))
 
 
-def _jsonl(file: Path, name: str) -> list[Document]:
-    docs = []
-    for index, line in enumerate(_read_text(file).splitlines()):
+def _jsonl_lines(file: Path) -> Iterator[str]:
+    try:
+        with open(file, encoding="utf-8") as f:
+            yield from f
+    except UnicodeDecodeError as e:
+        raise TsdfmError(f"{file} is not valid UTF-8 ({e}); convert it to UTF-8") from None
+
+
+def _jsonl(file: Path, name: str) -> Iterator[Document]:
+    for index, line in enumerate(_jsonl_lines(file)):
         if not line.strip():
             continue
         try:
@@ -82,13 +92,13 @@ def _jsonl(file: Path, name: str) -> list[Document]:
         if not isinstance(text, str):
             raise TsdfmError(f'{file}:{index + 1}: "text" must be a string')
         doc_id = obj.get("id")
-        docs.append(
-            Document(id=str(doc_id) if doc_id is not None else f"{name}:{index}", text=text)
-        )
-    return docs
+        yield Document(id=str(doc_id) if doc_id is not None else f"{name}:{index}", text=text)
 
 
-def _parquet(file: Path, name: str) -> list[Document]:
+_PARQUET_BATCH = 4096  # rows per record batch: bounded memory whatever the file size
+
+
+def _parquet(file: Path, name: str) -> Iterator[Document]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -96,18 +106,26 @@ def _parquet(file: Path, name: str) -> list[Document]:
             f"reading {file} needs pyarrow: `pip install pyarrow` (or `pip install tsdfm[parquet]`)"
         ) from None
     try:
-        table = pq.read_table(file)
+        pf = pq.ParquetFile(file)
+        columns = pf.schema_arrow.names
     except Exception as e:  # pyarrow raises several unrelated types for a bad file
         raise TsdfmError(f"cannot read parquet file {file} ({e})") from None
-    if "text" not in table.column_names:
-        raise TsdfmError(f'{file} has no "text" column (columns: {table.column_names})')
-    texts = table.column("text").to_pylist()
-    ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * len(texts)
-    return [
-        Document(id=str(i) if i is not None else f"{name}:{index}", text=t)
-        for index, (i, t) in enumerate(zip(ids, texts, strict=True))
-        if isinstance(t, str)
-    ]
+    if "text" not in columns:
+        raise TsdfmError(f'{file} has no "text" column (columns: {columns})')
+    wanted = ["text", "id"] if "id" in columns else ["text"]
+    index = 0
+    try:
+        for batch in pf.iter_batches(batch_size=_PARQUET_BATCH, columns=wanted):
+            texts = batch.column("text").to_pylist()
+            ids = batch.column("id").to_pylist() if "id" in wanted else [None] * len(texts)
+            for i, t in zip(ids, texts, strict=True):
+                if isinstance(t, str):
+                    yield Document(id=str(i) if i is not None else f"{name}:{index}", text=t)
+                index += 1
+    except Exception as e:
+        if isinstance(e, TsdfmError):
+            raise
+        raise TsdfmError(f"cannot read parquet file {file} ({e})") from None
 
 
 _READERS = {".txt": _txt, ".jsonl": _jsonl, ".parquet": _parquet}

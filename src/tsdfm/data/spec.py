@@ -15,6 +15,7 @@ from tsdfm.errors import TsdfmError
 
 MARKOV = "markov"
 _MAX_BPE_VOCAB = 2**32 - 4  # ids must fit uint32 with three specials on top
+TOKENIZER_SAMPLE_CHARS = 100_000_000  # ~100 MB of text: the default BPE training sample
 
 
 @dataclass
@@ -62,6 +63,9 @@ class DataSpec:
     # An existing byte-level BPE instead of training one (then vocab_size is ignored): a
     # tokenizer.json, a directory with one (or vocab.json + merges.txt), or a hub name (online).
     tokenizer_path: str | None = None
+    # BPE is trained on the first this-many characters of training-split documents, in corpus
+    # order (whole documents; at least one), so its time and memory do not grow with the corpus.
+    tokenizer_sample_chars: int = TOKENIZER_SAMPLE_CHARS
 
     @property
     def is_markov(self) -> bool:
@@ -88,6 +92,11 @@ class DataSpec:
                 f"data.vocab_size must be >= 256 (the byte alphabet of byte-level BPE), got "
                 f"{self.vocab_size}"
             )
+        if not isinstance(self.tokenizer_sample_chars, int) or self.tokenizer_sample_chars < 1:
+            raise TsdfmError(
+                f"data.tokenizer_sample_chars must be a positive integer (characters of text "
+                f"the tokenizer is trained on), got {self.tokenizer_sample_chars!r}"
+            )
         v, t = self.valid_fraction, self.test_fraction
         if v <= 0 or t <= 0 or v + t >= 1:
             raise TsdfmError(
@@ -104,6 +113,8 @@ class DataSpec:
         if self.tokenizer_path is not None:  # absent otherwise: older manifests stay equal
             out["tokenizer_path"] = self.tokenizer_path
             del out["vocab_size"]
+        elif self.tokenizer_sample_chars != TOKENIZER_SAMPLE_CHARS:  # same rule
+            out["tokenizer_sample_chars"] = self.tokenizer_sample_chars
         return out
 
     def to_dict(self) -> dict[str, Any]:
