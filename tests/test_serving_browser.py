@@ -1,6 +1,7 @@
 """The page of ``tsdfm serve`` in a real headless Chromium (Debian's chromium + chromedriver).
 
-Loads ``/`` from a server on a tiny model with a small BPE tokenizer, submits a prompt, waits for
+Loads ``/`` from a server on a tiny model (fitted for a second to a paragraph, with a small BPE
+tokenizer), submits a prompt, waits for
 the final text, checks that intermediate states were shown and that the final text begins with
 the prompt, and saves the screenshot the README shows (docs/serve.png). Runs in CI (.ci/run
 installs the packages); on a machine without them it is skipped, unless CI=true.
@@ -25,7 +26,7 @@ from tsdfm.models import DenoiserConfig, build_student  # noqa: E402
 from tsdfm.models.denoiser import Denoiser  # noqa: E402
 from tsdfm.serving.app import create_app  # noqa: E402
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 PROMPT = "The river"
@@ -35,6 +36,28 @@ TEXT = (
 )
 
 
+def _fit(model, tok, steps: int = 150) -> None:
+    """A few masked-denoising steps on TEXT (about a second), so the page shows words, not the
+    byte soup of random weights: the screenshot is for people to look at."""
+    import torch
+
+    from tsdfm.flow import cross_entropy, make_scheduler, sample_path, sample_time
+
+    ids = torch.tensor(tok.encode(TEXT * 4))
+    length, gen = model.config.max_len, torch.Generator().manual_seed(0)
+    windows = ids.unfold(0, length, 7)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    sched = make_scheduler("polynomial", 1.0)
+    for _ in range(steps):
+        x1 = windows[torch.randint(len(windows), (16,), generator=gen)]
+        t = sample_time(16, gen)
+        xt = sample_path(x1, t, sched, "mask", tok.mask_id, tok.num_classes, gen)
+        loss = cross_entropy(model(xt, t), x1, weights=(xt == tok.mask_id).float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory):
     import torch
@@ -42,11 +65,13 @@ def student_dir(tmp_path_factory):
     tok = Tokenizer.train_bpe([TEXT] * 20, vocab_size=300)
     torch.manual_seed(0)
     cfg = DenoiserConfig(
-        vocab_size=tok.vocab_size, num_classes=tok.num_classes, max_len=40, dim=32,
-        n_layers=1, n_heads=2,
+        vocab_size=tok.vocab_size, num_classes=tok.num_classes, max_len=32, dim=64,
+        n_layers=2, n_heads=2,
     )  # fmt: skip
+    teacher = Denoiser(cfg)
+    _fit(teacher, tok)
     root = tmp_path_factory.mktemp("browser-model")
-    build_student(Denoiser(cfg)).save_pretrained(root / "student-demo" / "model", tokenizer=tok)
+    build_student(teacher.eval()).save_pretrained(root / "student-demo" / "model", tokenizer=tok)
     return root / "student-demo"
 
 
