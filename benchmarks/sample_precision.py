@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
         path = out / f"{name}.jsonl"
         write_samples(path, s)  # + the provenance sidecar
         ids[name] = s.ids
-        report[name] = {"file": str(path), "sec_per_sample": s.meta["sec_per_sample"]}
+        report[name] = {"file": path.name, "sec_per_sample": s.meta["sec_per_sample"]}
     same = (ids["fp32"] == ids["bf16"]).float().mean().item()
     noise = (ids["fp32"] == ids["fp32-seed+1"]).float().mean().item()
     report["identical_tokens_fp32_vs_bf16"] = same
