@@ -193,3 +193,19 @@ def test_causal_lm_is_refused_with_a_clear_error(tmp_path):
     )
     with pytest.raises(TsdfmError, match="causal LM"):
         create_app(Generator.from_pretrained(tmp_path / "ar", device="cpu"))
+
+
+@pytest.mark.slow
+def test_compiled_model_serves_the_same_samples(dirs):
+    """``tsdfm serve --compile``: torch.compile(dynamic=True) across batch sizes, same draws."""
+    from tsdfm.inference import maybe_compile
+
+    g = Generator.from_pretrained(dirs["student"], device="cpu")
+    body = dict(prompt="1 2", steps=4, seed=5, n=3)
+    with TestClient(create_app(g)) as c:
+        eager = _post(c, **body).json()["choices"]
+    g.model = maybe_compile(g.model, True)
+    with TestClient(create_app(g)) as c:
+        compiled = _post(c, **body).json()["choices"]
+        assert _post(c, **{**body, "n": 5}).status_code == 200  # another batch size
+    assert [x["text"] for x in compiled] == [x["text"] for x in eager]
