@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -39,6 +40,7 @@ from tsdfm.data.tokenizer import Tokenizer
 from tsdfm.errors import TsdfmError
 from tsdfm.generation import draw_samples
 from tsdfm.generator import resolve_model_dir
+from tsdfm.inference import autocast, cpu_has_amx, maybe_compile, sampling_dtype
 from tsdfm.models import (
     CausalConfig,
     CausalLM,
@@ -104,17 +106,28 @@ def load_models(args: argparse.Namespace, cfg: ExperimentConfig) -> tuple[dict, 
     return models, sources
 
 
-def time_row(name, model_tok, steps, batch, cache, seq_len, args, repeats=None) -> dict:
-    """Warm-up, then ``repeats`` timed draw_samples calls; the sampler's own clock is used."""
+def time_row(
+    name, model_tok, steps, batch, cache, seq_len, args, repeats=None, precision="fp32",
+    compiled=False,
+) -> dict:  # fmt: skip
+    """Warm-up, then ``repeats`` timed draw_samples calls; the sampler's own clock is used.
+
+    ``precision="bf16"`` runs the calls under bf16 autocast (the forward pass only: the jump's
+    draws are float64 either way); ``compiled`` samples with ``torch.compile(model)``.
+    """
     repeats = repeats or args.repeats
     model = model_tok[0]
     is_ar = isinstance(model, CausalLM)
+    dtype = sampling_dtype(precision, "cpu")
+    if compiled:
+        model_tok = (maybe_compile(model, True), model_tok[1])
 
     def call(n_steps: int, seed: int) -> dict:
-        s = draw_samples(
-            name, steps=n_steps, num=batch, seed=seed, batch_size=batch, cache=cache,
-            seq_len=seq_len, progress=False, model_and_tokenizer=model_tok, device=None,
-        )  # fmt: skip
+        with autocast("cpu", dtype):
+            s = draw_samples(
+                name, steps=n_steps, num=batch, seed=seed, batch_size=batch, cache=cache,
+                seq_len=seq_len, progress=False, model_and_tokenizer=model_tok, device=None,
+            )  # fmt: skip
         return s.meta
 
     for w in range(args.warmup):
@@ -126,6 +139,8 @@ def time_row(name, model_tok, steps, batch, cache, seq_len, args, repeats=None) 
         "model": name,
         "steps": metas[0]["steps"],
         "batch": batch,
+        "precision": precision,
+        "compiled": compiled,
         "forward_cache": metas[0]["sampler"]["forward_cache"],
         "nfe_nominal": metas[0]["nfe_nominal"],
         "nfe_actual": statistics.mean(m["nfe_actual"] for m in metas),
@@ -148,7 +163,7 @@ def speedups(rows: list[dict], batches: list[int], steps: int) -> dict:
     """Student @ ``steps`` against the teacher (uncached, cached) and AR, per batch size."""
     out = {}
     for b in batches:
-        s = find(rows, "student", b, steps=steps)
+        s = find(rows, "student", b, steps=steps, precision="fp32", compiled=False)
         if s is None:
             continue
         ref = {
@@ -161,6 +176,17 @@ def speedups(rows: list[dict], batches: list[int], steps: int) -> dict:
             for k, r in ref.items()
             if r is not None
         }
+        for p, c in (("bf16", False), ("fp32", True)):  # the speed-setting rows, if measured
+            v = find(rows, "student", b, steps=steps, precision=p, compiled=c)
+            if v is not None:
+                name = "compiled" if c else p
+                out[str(b)][f"student{steps}_{name}_vs_fp32"] = (
+                    s["seconds_median"] / v["seconds_median"]
+                )
+                if ref["ar"] is not None:
+                    out[str(b)][f"student{steps}_{name}_vs_ar"] = (
+                        ref["ar"]["seconds_median"] / v["seconds_median"]
+                    )
     return out
 
 
@@ -173,6 +199,18 @@ def run(args: argparse.Namespace) -> dict:
     for b in args.batch_sizes:
         for steps in args.student_steps:
             rows.append(time_row("student", models["student"], steps, b, False, seq_len, args))
+        for variant in args.variants:  # bf16 autocast / torch.compile at the headline steps
+            rows.append(
+                time_row(
+                    "student", models["student"], args.headline_steps, b, False, seq_len, args,
+                    precision="bf16" if variant == "bf16" else "fp32",
+                    compiled=variant == "compile",
+                )
+            )  # fmt: skip
+        rows.append(time_row("ar", models["ar"], seq_len, b, True, seq_len, args))
+        print(f"batch {b}: student and AR done", file=sys.stderr)
+        if args.skip_teacher:
+            continue
         teacher = models["teacher"]
         rows.append(
             time_row(
@@ -183,7 +221,6 @@ def run(args: argparse.Namespace) -> dict:
         cached = time_row("teacher", teacher, args.teacher_steps, b, True, seq_len, args)
         if cached["forward_cache"]:  # a time-conditioned (uniform-source) teacher cannot cache
             rows.append(cached)
-        rows.append(time_row("ar", models["ar"], seq_len, b, True, seq_len, args))
         print(f"batch {b} done", file=sys.stderr)
     return {
         "benchmark": "speed",
@@ -201,6 +238,8 @@ def run(args: argparse.Namespace) -> dict:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "draw_precision": "float64",
+        "cpu_has_amx": cpu_has_amx(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "models": {
             role: {
                 "dir": sources[role],
@@ -222,14 +261,17 @@ def markdown(r: dict) -> str:
         f"{r['device']}, {r['threads']} thread(s), torch {r['torch']}; L = {r['seq_len']}, "
         f"{r['vocab_size']} ids, {r['source']} source, {weights}; median of {r['repeats']} runs "
         f"after {r['warmup']} warm-up; float64 draws{' (QUICK settings)' if r['quick'] else ''}.\n",
+        f"CPU AMX: {r.get('cpu_has_amx')}; load average at the end: {r.get('load_average')}.\n",
         "| model | steps | batch | forward cache | NFE nominal | NFE actual | ms / sample | "
         "tokens / s | runs (min..max s) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for x in r["rows"]:
         cache = "kv" if x["model"] == "ar" else ("on" if x["forward_cache"] else "off")
+        label = x["model"] + {"bf16": " (bf16 autocast)"}.get(x.get("precision"), "")
+        label += " (torch.compile)" if x.get("compiled") else ""
         lines.append(
-            f"| {x['model']} | {x['steps']} | {x['batch']} | {cache} | {x['nfe_nominal']} | "
+            f"| {label} | {x['steps']} | {x['batch']} | {cache} | {x['nfe_nominal']} | "
             f"{x['nfe_actual']:.1f} | {x['ms_per_sample']:.2f} | {x['tokens_per_second']:,.0f} | "
             f"{len(x['seconds_runs'])} ({min(x['seconds_runs']):.3g}..{max(x['seconds_runs']):.3g}) |"
         )
@@ -260,6 +302,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="timed runs of the uncached 1,024-step teacher (default: --repeats; on a CPU at "
         "batch 32 one run takes minutes, so fewer may be needed: the table shows the count)",
     )
+    ap.add_argument(
+        "--variants", nargs="*", default=[], choices=("bf16", "compile"),
+        help="extra student rows at --headline-steps: bf16 autocast, torch.compile",
+    )  # fmt: skip
+    ap.add_argument("--skip-teacher", action="store_true", help="no 1,024-step teacher rows")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "results"), help="output folder")

@@ -13,7 +13,7 @@ from tsdfm.models import CausalConfig, CausalLM, Denoiser, DenoiserConfig
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 ROW_KEYS = {
     "model", "steps", "batch", "forward_cache", "nfe_nominal", "nfe_actual", "seconds_median",
-    "seconds_runs", "repeats", "ms_per_sample", "tokens_per_second",
+    "seconds_runs", "repeats", "ms_per_sample", "tokens_per_second", "precision", "compiled",
 }  # fmt: skip
 
 
@@ -84,3 +84,25 @@ def test_full_runs_need_five_repeats(speed):
         speed.parse(["--repeats", "3"])
     args = speed.parse([])
     assert (args.batch_sizes, args.teacher_steps, args.repeats) == ([1, 32], 1024, 5)
+
+
+def test_bf16_variant_rows(speed, tmp_path):
+    argv = ["--quick", "--random", "--out", str(tmp_path), "--repeats", "1", "--warmup", "0"]
+    result = speed.main(
+        [
+            *argv,
+            "--student-steps",
+            "8",
+            "--batch-sizes",
+            "2",
+            "--variants",
+            "bf16",
+            "--skip-teacher",
+        ]
+    )
+    rows = [(r["model"], r["precision"], r["compiled"]) for r in result["rows"]]
+    assert rows == [("student", "fp32", False), ("student", "bf16", False), ("ar", "fp32", False)]
+    assert {"student8_bf16_vs_fp32", "student8_bf16_vs_ar", "student8_vs_ar"} <= set(
+        result["speedups"]["2"]
+    )
+    assert "student (bf16 autocast)" in (tmp_path / "speed-quick.md").read_text()

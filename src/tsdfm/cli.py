@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     pipe = sub.add_parser("pipeline", help="run every stage in order (the main job)")
     _add_config(pipe)
     pipe.add_argument("--run-dir", help="run directory (default runs/<config name>)")
+
+    from tsdfm.serving import command as serve_command  # tsdfm serve (docs/serving.md)
+
+    serve_command.add_parser(sub)
     return ap
 
 
@@ -290,6 +294,10 @@ def _run(args) -> int:
         _generate(args)
     elif args.command == "evaluate":
         _evaluate(args)
+    elif args.command == "serve":
+        from tsdfm.serving import command as serve_command
+
+        serve_command.run(args)
     elif args.command == "evaluators":
         from tsdfm.evaluation.fetch import fetch_packaged
 
