@@ -7,8 +7,8 @@ Rules (docs/results/README.md, "Storage"):
    ``scripts/compact_samples.py``; the list may only shrink);
 2. every other study folder stays within ``STUDY_BUDGET_MB``;
 3. ``docs/`` as a whole stays within ``DOCS_BUDGET_MB``. The target once every legacy folder is
-   converted is **40 MB**; until then the budget is the size after this change plus nothing, so
-   no study can add raw megabytes meanwhile. Lower it with every converted folder.
+   converted is **40 MB**; until then the budget is the committed size (178.0 MB) plus 2 MB,
+   so no study can add raw megabytes meanwhile. Lower it with every converted folder.
 """
 
 import os
@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-DOCS_BUDGET_MB = 185  # final target: 40 (after every RAW_LEGACY folder is compacted)
+DOCS_BUDGET_MB = 180  # final target: 40 (after every RAW_LEGACY folder is compacted)
 STUDY_BUDGET_MB = 12
 RAW_LEGACY = (
     "results/bench",
@@ -32,7 +32,6 @@ RAW_LEGACY = (
     "results/markov-shaping-uniform/small",
     "results/markov-student",
     "results/markov-student-uniform",
-    "results/markov-teacher",
     "results/tiny",
     "results/tiny-shaping",
     "results/tiny-uniform",
