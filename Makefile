@@ -5,7 +5,7 @@ BIN      = $(VENV)/bin
 CONFIG  ?= configs/demo.yaml
 STAMP    = $(VENV)/.installed
 
-.PHONY: venv install demo markov test test-fast test-all lint format clean
+.PHONY: venv install demo markov test test-fast test-all check-size lint format clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -31,8 +31,12 @@ test-fast: $(STAMP)                             ## skip the tests marked slow to
 test-all: $(STAMP)                              ## everything, including network tests
 	$(BIN)/python -m pytest -q
 
+check-size: $(STAMP)                            ## docs/ within its budget, no raw samples (also in `make test`)
+	@git ls-files -z docs | xargs -0 du -cb --apparent-size 2>/dev/null | tail -1 | awk '{printf "docs/: %.1f MB committed\n", $$1 / 1e6}'
+	$(BIN)/python -m pytest -q tests/test_docs_size.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks studies scripts
 	$(BIN)/ruff format --check src tests benchmarks
 
 format: $(STAMP)

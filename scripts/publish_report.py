@@ -3,9 +3,10 @@
     python scripts/publish_report.py runs/demo docs/results/demo
 
 Copies ``report/report.md``, ``report/results.json`` and ``report/plots/`` plus every samples
-file the report rows name (ids, texts and their ``.meta.json`` provenance), and rewrites each
-row's ``samples`` path so it stays valid beside the copied report. Nothing is recomputed: the
-committed numbers are exactly the run's.
+file the report rows name, compacted (``.jsonl.gz``, ids-only where the texts are the ids: see
+``tsdfm.sample_files``) with its ``.meta.json`` provenance, and rewrites each row's ``samples``
+path so it stays valid beside the copied report. Nothing is recomputed: the committed numbers
+are exactly the run's. The committed tree stays small this way (``make check-size``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import json
 import shutil
 import sys
 from pathlib import Path
+
+from tsdfm.generation import read_samples
+from tsdfm.sample_files import meta_path, resolve_samples, write_compact
 
 
 def publish(run_dir: Path, dest: Path) -> list[Path]:
@@ -30,14 +34,16 @@ def publish(run_dir: Path, dest: Path) -> list[Path]:
         rel = row.get("samples")
         if not rel:
             continue
-        src = (report / rel).resolve()
+        src = resolve_samples((report / rel).resolve())
         if not src.is_file():
             raise SystemExit(f"error: row {row.get('label')!r} names {src}, which is missing")
-        for path in (src, src.with_suffix(".meta.json")):
-            if path.is_file():
-                shutil.copy2(path, dest / "samples" / path.name)
-                copied.append(dest / "samples" / path.name)
-        row["samples"] = f"samples/{src.name}"
+        ids, texts, _ = read_samples(src)
+        out = write_compact(dest / "samples" / src.name, ids.tolist(), texts)
+        copied.append(out)
+        if meta_path(src).is_file():
+            shutil.copy2(meta_path(src), meta_path(out))
+            copied.append(meta_path(out))
+        row["samples"] = f"samples/{out.name}"
     shutil.copy2(report / "report.md", dest / "report.md")
     if (report / "plots").is_dir():
         shutil.copytree(report / "plots", dest / "plots", dirs_exist_ok=True)

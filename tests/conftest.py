@@ -1,7 +1,14 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# The study drivers' library (studies/studylib) is not installed: tests import it from the tree,
+# as `python studies/NAME.py` does.
+sys.path.insert(0, str(ROOT / "studies"))
 
 # Keep tests single-threaded and deterministic on shared 2-core machines.
 torch.set_num_threads(1)
@@ -17,12 +24,12 @@ def gen():
 
 @pytest.fixture
 def load_script():
-    """Import a file under scripts/ as a module (scripts are not a package)."""
+    """Import a user tool (scripts/) or a study driver (studies/) as a module by its name."""
     import importlib.util
-    from pathlib import Path
 
     def load(name: str):
-        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        path = ROOT / "scripts" / f"{name}.py"
+        path = path if path.is_file() else ROOT / "studies" / f"{name}.py"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

@@ -32,3 +32,13 @@ def test_relative_markdown_links_resolve():
             if not resolved.exists():
                 missing.append(f"{path.relative_to(ROOT)} -> {target}")
     assert not missing, "broken relative links:\n" + "\n".join(missing)
+
+
+def test_readme_is_short_and_opens_with_the_two_commands():
+    """The README is for users (at most 12,000 characters, `make demo` and `make test` first);
+    research findings live in docs/findings.md."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text) <= 12_000, f"README.md is {len(text):,} characters: move detail to docs/"
+    first_block = text.split("```")[1]
+    assert "make demo" in first_block and "make test" in first_block
+    assert "session" not in text.lower(), "no session numbers in the README (docs/findings.md)"

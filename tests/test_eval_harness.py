@@ -1,5 +1,6 @@
 """The evaluation run: results.json contract, report, plots, tokenizer check, CLI."""
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -13,8 +14,16 @@ from tsdfm.data import DataSpec, MarkovSpec, load_prepared, prepare_data
 from tsdfm.errors import TsdfmError
 from tsdfm.evaluation import Evaluator, Scores, TruthEvaluator
 from tsdfm.evaluation.harness import describe, evaluate
-from tsdfm.evaluation.report import ROW_KEYS, TOP_KEYS, TRUTH_KEYS, build_results, write_report
-from tsdfm.generation import SampleSet, write_samples
+from tsdfm.evaluation.report import (
+    ROW_KEYS,
+    TOP_KEYS,
+    TRUTH_KEYS,
+    build_results,
+    render_markdown,
+    write_report,
+)
+from tsdfm.generation import SampleSet, read_samples, write_samples
+from tsdfm.sample_files import write_compact
 
 L = 16
 
@@ -258,8 +267,6 @@ def test_exact_sampler_script_writes_one_labelled_file_per_temperature(
 ):
     import sys
 
-    from tsdfm.generation import read_samples
-
     argv = ["x", "--data", str(markov.directory), "--steps", "2", "--num", "64"]
     argv += ["--batch-size", "32", "--temperature", "1", "0.5", "--out", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", argv)
@@ -310,3 +317,56 @@ def test_exact_sampler_script_writes_one_labelled_file_per_temperature(
     monkeypatch.setattr(sys, "argv", [*mask, "--teacher", str(teacher), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="uniform-source teacher"):
         load_script("exact_sampler").main()
+
+
+def test_report_opens_with_same_seed_samples_side_by_side(tmp_path):
+    """Teacher @ most steps, blind @ 8, shaped @ 8 (whichever exist) side by side, before the
+    metric table; the gen-PPL-vs-steps plot right after it, then the budget sentence."""
+    (tmp_path / "samples").mkdir()
+    rows = [{"method": "data", "steps": None, "gen_ppl": {"a": 30.0}, "entropy": 4.0}]
+    for method, steps in (("teacher", 1024), ("teacher", 8), ("blind", 8), ("shaped", 8)):
+        name = f"{method}_{steps}"
+        records = [{"ids": [i], "text": f"{name} sample {i}"} for i in range(4)]
+        path = tmp_path / "samples" / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        rows.append(
+            {"method": method, "steps": steps, "label": name, "samples": f"samples/{name}.jsonl"}
+            | {"gen_ppl": {"a": 40.0}, "entropy": 3.9}
+        )
+    rows.append(rows[-1] | {"label": "blind-T0.9_8", "method": "blind", "temperature": 0.9})
+    run_config = {"teacher": {"train": {"steps": 900}}, "student": {"train": {"steps": 60}}}
+    results = build_results("demo", ["a"], [_complete(r) for r in rows], run_config)
+    md = render_markdown(results, ["plots/frontier.png", "plots/gen_ppl_vs_steps.png"], tmp_path)
+    head = md.index("## Samples side by side")
+    assert head < md.index("## Metrics") < md.index("gen_ppl_vs_steps.png") < md.index("frontier")
+    assert "| # | teacher_1024 | blind_8 | shaped_8 |" in md
+    assert "| 1 | teacher_1024 sample 1 | blind_8 sample 1 | shaped_8 sample 1 |" in md
+    table = md[head : md.index("## Metrics")]
+    assert "blind-T0.9_8" not in table and "teacher_8 " not in table
+    assert "at most 900 training steps, students of 60 steps" in md
+    # a published folder that keeps only some rows' samples still renders the rest
+    (tmp_path / "samples" / "shaped_8.jsonl").unlink()
+    md = render_markdown(results, [], tmp_path)
+    assert "| # | teacher_1024 | blind_8 |\n" in md
+
+
+def test_compact_samples_read_like_plain_ones(tmp_path):
+    """.jsonl.gz, ids-only records and a .jsonl path whose file was compacted read the same."""
+    ids = [[3, 1, 2], [0, 0, 5]]
+    plain = tmp_path / "markov_8.jsonl"
+    plain.write_text(
+        "".join(json.dumps({"text": " ".join(map(str, r)), "ids": r}) + "\n" for r in ids)
+    )
+    (tmp_path / "markov_8.meta.json").write_text('{"steps": 8}')
+    want = read_samples(plain)
+    gz = write_compact(plain, ids, want[1])
+    assert gz.name == "markov_8.jsonl.gz" and b'"text"' not in gzip.decompress(gz.read_bytes())
+    plain.unlink()
+    for path in (gz, plain):  # the old name resolves to the compacted file
+        got = read_samples(path)
+        assert torch.equal(got[0], want[0]) and got[1] == want[1] and got[2] == {"steps": 8}
+    text = write_compact(tmp_path / "text_8.jsonl", ids, ["a b", "c"])
+    assert read_samples(text)[1] == ["a b", "c"]  # real text is kept when ids do not spell it
+    text.write_bytes(text.read_bytes()[:20])
+    with pytest.raises(TsdfmError, match="text_8.jsonl.gz cannot be read"):
+        read_samples(text)

@@ -7,9 +7,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from studylib.words import inner_words, novel_words, vocabulary
 
 from tsdfm.data import DataSpec, MarkovSpec, load_prepared, prepare_data
-from tsdfm.evaluation.words import inner_words, novel_words, vocabulary
 from tsdfm.generation import SampleSet, write_samples
 
 WORDS = "the a cat dog bird sat ran on under mat tree red blue big small".split()

@@ -1,4 +1,4 @@
-"""Equal-entropy placement of gen-PPL rows (evaluation/frontier.py, scripts/equal_entropy.py)."""
+"""Equal-entropy placement of gen-PPL rows (studies/studylib/frontier.py, studies/equal_entropy.py)."""
 
 import importlib.util
 import json
@@ -6,9 +6,9 @@ import math
 from pathlib import Path
 
 import pytest
+from studylib.frontier import equal_entropy_gaps, ppl_at_entropy
 
 from tsdfm.errors import TsdfmError
-from tsdfm.evaluation.frontier import equal_entropy_gaps, ppl_at_entropy
 
 CURVE = [(4.2, 400.0), (4.0, 100.0), (4.5, 1600.0)]  # any order
 
@@ -46,7 +46,7 @@ def test_gaps_per_evaluator():
 
 
 def _script():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "equal_entropy.py"
+    path = Path(__file__).resolve().parents[1] / "studies" / "equal_entropy.py"
     spec = importlib.util.spec_from_file_location("equal_entropy", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

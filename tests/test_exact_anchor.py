@@ -64,7 +64,7 @@ def test_config_rejects_an_unknown_anchor():
 
 
 def test_oracle_gap_is_zero_for_the_oracle_and_positive_for_a_network():
-    from tsdfm.evaluation.oracle_gap import oracle_gap
+    from studylib.oracle_gap import oracle_gap
 
     chain = MarkovChain(vocab_size=8, order=1, alpha=0.3, eps=0.02, seed=3)
     oracle = MarkovOracleDenoiser(chain, 12)
@@ -83,7 +83,7 @@ def test_oracle_gap_is_zero_for_the_oracle_and_positive_for_a_network():
 def test_oracle_gap_uniform_source_scores_every_position_and_splits_by_time():
     """Uniform source: the exact posterior comes through the model's scheduler, no position is
     masked, so the average runs over all of them; the per-time split averages back to the total."""
-    from tsdfm.evaluation.oracle_gap import oracle_gap
+    from studylib.oracle_gap import oracle_gap
 
     chain = MarkovChain(vocab_size=8, order=1, alpha=0.3, eps=0.02, seed=3)
     net = tiny_teacher("uniform")
@@ -108,7 +108,7 @@ def test_composite_step_is_stickier_than_the_posterior_at_the_start():
     """At t = 0 the uniform source shows pure noise: the exact posterior puts only the
     stationary mass on the current token, the composed fine chain (a distilled student's ideal)
     measurably more; a mask-source model has no such measure."""
-    from tsdfm.evaluation.oracle_gap import current_token_mass
+    from studylib.oracle_gap import current_token_mass
 
     chain = MarkovChain(vocab_size=8, order=1, alpha=0.3, eps=0.02, seed=3)
     net = tiny_teacher("uniform")

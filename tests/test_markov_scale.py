@@ -1,4 +1,4 @@
-"""scripts/markov_scale.sh, the GPU recipe of the exact benchmark's shaping study, checked at its
+"""studies/markov_scale.sh, the GPU recipe of the exact benchmark's shaping study, checked at its
 toy preset on the CPU: every stage runs, every row is sampled, the pack holds what a GPU run
 must bring back, and the study evaluates from it."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "markov_scale.sh"
+SCRIPT = ROOT / "studies" / "markov_scale.sh"
 
 
 def _run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -55,7 +55,7 @@ def test_tiny_preset_trains_samples_packs_and_evaluates(tmp_path):
     (out / "samples").mkdir(parents=True)
     for f in samples.glob("*_8.*"):
         (out / "samples" / f.name).write_bytes(f.read_bytes())
-    cmd = [sys.executable, str(ROOT / "scripts" / "student_study.py"), "--config",
+    cmd = [sys.executable, str(ROOT / "studies" / "student_study.py"), "--config",
            str(ROOT / "configs" / "markov.yaml"), "--run-dir", str(tmp_path / "run"),
            "--eval-only", "--out", str(out), "flow.source=uniform", "data.markov.num_train=3000"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)

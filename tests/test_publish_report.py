@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tsdfm.generation import read_samples
+
 
 def _fake_run(run: Path) -> None:
     (run / "report" / "plots").mkdir(parents=True)
@@ -24,14 +26,36 @@ def test_publish_copies_report_samples_and_rewrites_paths(tmp_path, load_script)
     _fake_run(tmp_path / "run")
     dest = tmp_path / "docs" / "demo"
     copied = load_script("publish_report").publish(tmp_path / "run", dest)
-    assert sorted(p.name for p in copied) == ["teacher_8.jsonl", "teacher_8.meta.json"]
+    assert sorted(p.name for p in copied) == ["teacher_8.jsonl.gz", "teacher_8.meta.json"]
     results = json.loads((dest / "results.json").read_text())
     row = results["rows"][1]
-    assert row["samples"] == "samples/teacher_8.jsonl" and row["gen_ppl"] == {"x": 2.0}
-    assert (dest / row["samples"]).read_text() == '{"ids": [1], "text": "a"}\n'
+    assert row["samples"] == "samples/teacher_8.jsonl.gz" and row["gen_ppl"] == {"x": 2.0}
+    ids, texts, meta = read_samples(dest / row["samples"])
+    assert ids.tolist() == [[1]] and texts == ["a"] and meta == {"steps": 8}
     assert (dest / "plots" / "frontier.png").is_file() and (dest / "report.md").is_file()
 
 
 def test_publish_refuses_a_run_without_report(tmp_path, load_script):
     with pytest.raises(SystemExit, match="run the pipeline to its report first"):
         load_script("publish_report").publish(tmp_path, tmp_path / "out")
+
+
+def test_compact_samples_converts_a_folder_and_rewrites_results(tmp_path, load_script):
+    """Committed folders convert in place: .jsonl.gz beside the meta, results.json pointed at
+    it, dropped rows keep their metrics with no samples file."""
+    _fake_run(tmp_path / "run")
+    folder = tmp_path / "run" / "report"
+    (tmp_path / "run" / "samples" / "old_8.jsonl").write_text('{"ids": [2, 3], "text": "2 3"}\n')
+    results = json.loads((folder / "results.json").read_text())
+    results["rows"].append({"label": "old_8", "samples": "../samples/old_8.jsonl"})
+    (folder / "results.json").write_text(json.dumps(results))
+    script = load_script("compact_samples")
+    assert script.compact(tmp_path / "run", drop=["old_*"]) == (1, 1)
+    rows = json.loads((folder / "results.json").read_text())["rows"]
+    assert rows[1]["samples"] == "../samples/teacher_8.jsonl.gz"
+    assert rows[2]["samples"] is None and rows[2]["samples_dropped"]
+    assert read_samples(folder / rows[1]["samples"])[1] == ["a"]
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == [
+        "teacher_8.jsonl.gz",
+        "teacher_8.meta.json",
+    ]

@@ -352,7 +352,7 @@ def test_objective_passes_carry_over_and_committed_to_the_targets():
 
 
 def test_visible_outputs_script_separates_visible_from_masked(load_script):
-    """scripts/visible_outputs.py: per-kind means over exactly the positions of that kind (a
+    """studies/visible_outputs.py: per-kind means over exactly the positions of that kind (a
     model that is a point mass on token 0 everywhere gives p_true = share of zeros there)."""
     mod = load_script("visible_outputs")
 

@@ -1,4 +1,4 @@
-"""scripts/student_study.py's summary: mean and spread over seeds, the right columns per corpus."""
+"""studies/student_study.py's summary: mean and spread over seeds, the right columns per corpus."""
 
 
 def _row(arm, steps, ppl, entropy):

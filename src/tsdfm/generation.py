@@ -30,6 +30,9 @@ from tsdfm.distributed import derive_seed, make_generator
 from tsdfm.errors import TsdfmError
 from tsdfm.flow import filter_logits, make_scheduler, sample, sample_source
 from tsdfm.models import CausalLM, Denoiser, load_pretrained
+from tsdfm.sample_files import iter_records, meta_path, record_text, resolve_samples
+
+__all__ = ["SampleSet", "draw_samples", "meta_path", "read_samples", "write_samples"]
 
 
 @dataclass
@@ -202,11 +205,6 @@ def _device_name(dev: torch.device) -> str:
     return str(dev)
 
 
-def meta_path(samples_path: Path) -> Path:
-    samples_path = Path(samples_path)
-    return samples_path.with_name(samples_path.name.removesuffix(".jsonl") + ".meta.json")
-
-
 def write_samples(path: str | Path, samples: SampleSet) -> Path:
     path = Path(path)
     lines = [
@@ -219,26 +217,22 @@ def write_samples(path: str | Path, samples: SampleSet) -> Path:
 
 
 def read_samples(path: str | Path) -> tuple[torch.Tensor, list[str], dict[str, Any]]:
-    """(ids [N, L], texts, provenance); errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise TsdfmError(f"samples file not found: {path}")
+    """(ids [N, L], texts, provenance) from ``.jsonl`` or ``.jsonl.gz`` (ids-only records too,
+    see :mod:`tsdfm.sample_files`); errors name the file and line."""
+    path = resolve_samples(path)
     ids, texts = [], []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        records = list(iter_records(path))
     except UnicodeDecodeError as e:
         raise TsdfmError(
             f"{path} is not a samples file (not UTF-8 text: byte {e.start}); pass the "
             "samples.jsonl written by `tsdfm sample`"
         ) from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for n, obj in records:
         try:
-            obj = json.loads(line)
             ids.append(obj["ids"])
-            texts.append(obj.get("text", ""))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            texts.append(record_text(obj))
+        except (KeyError, TypeError) as e:
             raise TsdfmError(f"{path}:{n} is not a sample record with 'ids' ({e})") from e
     if not ids:
         raise TsdfmError(f"{path} holds no samples")

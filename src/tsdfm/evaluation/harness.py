@@ -30,13 +30,15 @@ from tsdfm.errors import TsdfmError
 from tsdfm.evaluation.evaluators import Evaluator
 from tsdfm.evaluation.metrics import distinct_n, entropy_stats
 from tsdfm.evaluation.references import SampleFile, reference_sample, word_salad
+from tsdfm.sample_files import samples_stem
 
 
 def load_sample_file(path: str | Path, tokenizer=None, data_dir: Path | None = None) -> SampleFile:
     """Read a samples file; with a tokenizer, check its fingerprint and decode the ids afresh."""
     from tsdfm.generation import read_samples
+    from tsdfm.sample_files import resolve_samples
 
-    path = Path(path)
+    path = resolve_samples(path)
     ids, texts, meta = read_samples(path)
     if tokenizer is not None:
         fp, want = meta.get("tokenizer_fingerprint"), tokenizer.fingerprint()
@@ -144,7 +146,7 @@ def evaluate(
     for sf in files:
         rel = os.path.relpath(sf.path.resolve(), out_dir.resolve())
         rows.append({**describe(sf.meta), **measure(sf, evaluators, verbose), "samples": rel})
-        rows[-1]["label"] = sf.path.stem
+        rows[-1]["label"] = samples_stem(sf.path)
     name = config_name or (Path(data_dir).resolve().parent.name if data_dir else "samples")
     results = build_results(name, list(evaluators), rows, run_config=run_config)
     write_report(out_dir, results, plots=plots)

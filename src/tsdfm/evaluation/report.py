@@ -26,6 +26,7 @@ from typing import Any
 
 from tsdfm import __version__
 from tsdfm.artifacts import atomic_write_json, atomic_write_text, now_iso
+from tsdfm.errors import TsdfmError
 from tsdfm.evaluation.labels import temperature_tag
 
 ROW_KEYS = (
@@ -181,9 +182,17 @@ def render_markdown(
     out_dir: Path | None = None,
     samples_per_row: int = 3,
 ) -> str:
+    """The report a person reads top-down: the same-seed samples of the headline rows side by
+    side, the metric table (entropy beside every gen-PPL), the gen-PPL-vs-steps plot, one
+    sentence on what the run's budget can show; then every row's samples, versions, config."""
     v = results["versions"]
-    parts = [
-        f"# Evaluation: {results['config']}",
+    plot_files = list(plot_files or [])
+    steps_plot = [p for p in plot_files if Path(p).stem == "gen_ppl_vs_steps"]
+    parts = [f"# Evaluation: {results['config']}", ""]
+    if out_dir is not None and samples_per_row > 0:
+        parts += side_by_side(results, Path(out_dir), samples_per_row)
+    parts += [
+        "## Metrics",
         "",
         f"Created {results['created']} with tsdfm {v.get('tsdfm')}, torch {v.get('torch')}. "
         "gen-PPL is pooled (exp of total NLL over total evaluator tokens); entropy is the "
@@ -194,8 +203,11 @@ def render_markdown(
         "",
         markdown_table(results),
     ]
-    for p in plot_files or []:
+    for p in steps_plot + [p for p in plot_files if p not in steps_plot]:
         parts.append(f"![{Path(p).stem}]({p})")
+    note = budget_note(results)
+    if note:
+        parts += ["", note]
     if out_dir is not None and samples_per_row > 0:
         parts += ["", "## Samples", ""] + _sample_lines(results, Path(out_dir), samples_per_row)
     parts += ["", "## Versions", "", "```json", json.dumps(v, indent=1), "```"]
@@ -205,21 +217,87 @@ def render_markdown(
     return "\n".join(parts) + "\n"
 
 
+def _untempered(row: dict[str, Any]) -> bool:
+    return temperature_tag(row) == ""
+
+
+def headline_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows a reader compares first, whichever exist: the teacher at its most steps, then
+    the blind and the shaped student at 8 steps (the first of each, at temperature 1)."""
+    rows = [r for r in results["rows"] if r.get("samples") and _untempered(r)]
+    teachers = [r for r in rows if r.get("method") == "teacher"]
+    picked = [max(teachers, key=lambda r: r.get("steps") or 0)] if teachers else []
+    for method in ("blind", "shaped"):
+        picked += [r for r in rows if r.get("method") == method and r.get("steps") == 8][:1]
+    return picked
+
+
+def _cell(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    text = text if len(text) <= width else text[: width - 1] + "…"
+    return text.replace("|", "\\|")
+
+
+def side_by_side(results: dict[str, Any], out_dir: Path, n: int = 3, width: int = 200) -> list[str]:
+    """Sample i of each headline row in one table line: every row is drawn with the same
+    sampling seed, so a line compares the models, not the luck of the draw."""
+    from tsdfm.sample_files import first_texts
+
+    columns = []
+    for r in headline_rows(results):
+        path = out_dir / r["samples"]
+        try:
+            texts = first_texts(path, n)
+        except TsdfmError:
+            continue  # a published folder may keep only the rows its claims cite
+        columns.append((r.get("label") or f"{r['method']} @ {r.get('steps')}", texts))
+    if not columns:
+        return []
+    lines = [
+        "## Samples side by side",
+        "",
+        "The first samples of each headline row; every row is drawn with the same sampling seed.",
+        "",
+        "| # | " + " | ".join(name for name, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for i in range(max(len(t) for _, t in columns)):
+        cells = [_cell(t[i], width) if i < len(t) else "–" for _, t in columns]
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def budget_note(results: dict[str, Any]) -> str | None:
+    """One sentence on what the run's budget can and cannot show (pipeline runs only)."""
+    cfg = results.get("run_config") or {}
+    teacher = ((cfg.get("teacher") or {}).get("train") or {}).get("steps")
+    student = ((cfg.get("student") or {}).get("train") or {}).get("steps")
+    if teacher is None or student is None:
+        return None
+    n = (cfg.get("evaluation") or {}).get("num_samples")
+    return (
+        f"**What this budget can show:** with a teacher of at most {teacher:,} training steps, "
+        f"students of {student:,} steps and {n or 'these'} samples per row, this report shows "
+        "that every stage runs and how the rows of this run compare (speed is measured, not "
+        "estimated); it cannot show whether distillation or shaping works until the teacher "
+        "beats the word-salad row, which takes the budgets of the studies in the repository's "
+        "`docs/findings.md`."
+    )
+
+
 def _sample_lines(results: dict[str, Any], out_dir: Path, n: int, width: int = 240) -> list[str]:
     """The first ``n`` samples of each row (real text never: the data row names no file)."""
+    from tsdfm.sample_files import first_texts, resolve_samples
+
     lines = []
     for r in results["rows"]:
         rel = r.get("samples")
-        path = out_dir / rel if rel else None
+        path = resolve_samples(out_dir / rel) if rel else None
         if path is None or not path.is_file():
             continue
         lines.append(f"**{r.get('label') or r['method']}**")
         lines.append("")
-        with open(path, encoding="utf-8") as f:
-            for _, line in zip(range(n), f, strict=False):
-                text = " ".join(json.loads(line).get("text", "").split())
-                text = text if len(text) <= width else text[: width - 1] + "…"
-                lines.append("- " + text.replace("|", "\\|"))
+        lines += ["- " + _cell(text, width) for text in first_texts(path, n)]
         lines.append("")
     return lines
 

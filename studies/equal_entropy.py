@@ -1,0 +1,98 @@
+"""Compare text rows with a reference model at the same sample entropy (one markdown table).
+
+The reference is one model sampled at several temperatures (rows whose label matches
+``--reference``, a glob); each ``--rows`` row is placed on that curve by log-linear
+interpolation in entropy (``studylib.frontier``) and its gen-PPL gap to the reference at
+its own entropy is printed per evaluator. Rows outside the reference's entropy range get "–".
+Several ``results.json`` files can be given; rows with the same label (the same samples file
+scored by different evaluators) are merged, the later file winning per evaluator.
+Example (the bench mask-source students against the 8-step teacher's temperature curve)::
+
+    python studies/equal_entropy.py docs/results/bench-ablations/blind-t98/results.json \
+        docs/results/bench-ablations/frontier/eval-teacher/results.json \
+        docs/results/bench-ablations/frontier/eval-t98/results.json \
+        --reference 'teacher_8' 'teacher_8_T*' --rows 'student-blind-t98-s0_8*' \
+        --out docs/results/bench-ablations/frontier/equal_entropy_t98.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+from pathlib import Path
+
+from studylib.frontier import equal_entropy_gaps
+
+
+def _load(paths: list[Path]) -> tuple[dict[str, dict], list[str]]:
+    rows: dict[str, dict] = {}
+    evaluators: list[str] = []
+    for path in paths:
+        try:
+            file_rows = json.loads(path.read_text())["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(
+                f"{path}: not a readable `tsdfm evaluate` results.json ({err})"
+            ) from err
+        for row in file_rows:
+            if not row.get("gen_ppl"):
+                continue
+            if row["label"] in rows:
+                merged = rows[row["label"]]
+                merged["gen_ppl"] = {**merged["gen_ppl"], **row["gen_ppl"]}
+            else:
+                rows[row["label"]] = dict(row)
+            evaluators += [e for e in row["gen_ppl"] if e not in evaluators]
+    return rows, evaluators
+
+
+def _pick(rows: dict[str, dict], patterns: list[str]) -> list[dict]:
+    return [r for label, r in rows.items() if any(fnmatch.fnmatch(label, p) for p in patterns)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results", nargs="+", type=Path, help="results.json files from tsdfm evaluate")
+    ap.add_argument("--reference", nargs="+", required=True, help="label globs of the curve")
+    ap.add_argument("--rows", nargs="+", required=True, help="label globs of the rows to place")
+    ap.add_argument("--out", type=Path, help="also write the table here (markdown)")
+    args = ap.parse_args(argv)
+
+    rows, evaluators = _load(args.results)
+    reference = _pick(rows, args.reference)
+    targets = [r for r in _pick(rows, args.rows) if r not in reference]
+    if len(reference) < 2 or not targets:
+        raise SystemExit(
+            f"need >= 2 reference rows and >= 1 row to place; got {len(reference)} and "
+            f"{len(targets)} (labels: {', '.join(sorted(rows))})"
+        )
+    curve = ", ".join(
+        f"{r['label']} ({r['entropy']:.3f})" for r in sorted(reference, key=lambda r: r["entropy"])
+    )
+    lines = [
+        f"Reference curve: {curve}. Gap = row gen-PPL / reference gen-PPL at the row's entropy - 1 "
+        "(log-linear between the bracketing reference points; – outside the curve).",
+        "",
+        "| row | entropy | " + " | ".join(f"{e}: row / reference / gap" for e in evaluators) + " |",
+        "|---|---|" + "---|" * len(evaluators),
+    ]
+    for g in equal_entropy_gaps(reference, targets, evaluators):
+        cells = []
+        for e in evaluators:
+            v = g["evaluators"].get(e)
+            if v is None or v["reference"] is None:
+                cells.append("–" if v is None else f"{v['gen_ppl']:,.0f} / – / –")
+            else:
+                cells.append(f"{v['gen_ppl']:,.0f} / {v['reference']:,.0f} / {v['gap']:+.1%}")
+        lines.append(f"| {g['label']} | {g['entropy']:.3f} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
