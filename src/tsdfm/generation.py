@@ -221,14 +221,7 @@ def read_samples(path: str | Path) -> tuple[torch.Tensor, list[str], dict[str, A
     see :mod:`tsdfm.sample_files`); errors name the file and line."""
     path = resolve_samples(path)
     ids, texts = [], []
-    try:
-        records = list(iter_records(path))
-    except UnicodeDecodeError as e:
-        raise TsdfmError(
-            f"{path} is not a samples file (not UTF-8 text: byte {e.start}); pass the "
-            "samples.jsonl written by `tsdfm sample`"
-        ) from None
-    for n, obj in records:
+    for n, obj in iter_records(path):
         try:
             ids.append(obj["ids"])
             texts.append(record_text(obj))

@@ -82,7 +82,12 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 if not isinstance(obj, dict):
                     raise TsdfmError(f"{path}:{n} is not a sample record (an object with 'ids')")
                 yield n, obj
-    except (OSError, EOFError, UnicodeDecodeError) as e:  # truncated or corrupt gzip
+    except UnicodeDecodeError as e:
+        raise TsdfmError(
+            f"{path} is not a samples file (not UTF-8 text: byte {e.start}); pass the "
+            "samples.jsonl written by `tsdfm sample`"
+        ) from None
+    except (OSError, EOFError) as e:  # truncated or corrupt gzip
         raise TsdfmError(f"{path} cannot be read ({e}); restore it from git") from e
 
 
