@@ -174,6 +174,12 @@ ROWS = [
         r"tau must be > 0",
         r"select=argmin",
     ),
+    Row(
+        "t-start-out-of-range",
+        [*STUDENT_OK, "student.shaping.t_start=1"],
+        r"t_start must be in \[0, 1\)",
+        r"navigates all",
+    ),
     # corpora and data
     Row(
         "empty-corpus",

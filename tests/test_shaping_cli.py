@@ -85,6 +85,17 @@ def test_shaping_cli(run, kind):
     assert summary["student"]["shaping"]["candidates"] == 2 and summary["sec_per_step"] > 0
 
 
+def test_navigation_window_is_recorded(run):
+    """student.shaping.t_start (the navigation window) reaches the navigator and the artifact."""
+    out = run[0] / "window"
+    flags = ["--shaping", "oracle", "--candidates", "2", "student.shaping.t_start=0.5"]
+    assert main(student_args(run, out, *flags)) == 0
+    extra = json.loads((out / "model" / "config.json").read_text())["extra"]
+    assert extra["t_start"] == 0.5 and extra["method"] == "shaped"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["student"]["shaping"]["t_start"] == 0.5
+
+
 def test_shaped_student_samples_without_its_compass(run):
     root, _, data, _ = run
     prepared = load_prepared(data)

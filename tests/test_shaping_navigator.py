@@ -145,11 +145,12 @@ def start_state(source, n=16):
 
 @pytest.mark.parametrize("source", ["mask", "uniform"])
 @pytest.mark.parametrize("method", ["rk4", "heun"])
-def test_k1_target_is_bit_identical_to_blind(source, method):
+@pytest.mark.parametrize("t_start", [0.0, 0.5])
+def test_k1_target_is_bit_identical_to_blind(source, method, t_start):
     teacher = tiny_teacher(source)
     x, t, dt = start_state(source)
     blind = blind_jump(SCHED, source, MASK)
-    nav = Navigator(CausalCompass(tiny_causal()), 1, "softmax", 0.5, source, MASK)
+    nav = Navigator(CausalCompass(tiny_causal()), 1, "softmax", 0.5, source, MASK, t_start)
 
     def target(jump_fn):
         g = torch.Generator().manual_seed(11)
@@ -239,6 +240,34 @@ def test_objective_stats_cover_the_logging_interval():
 def test_navigator_rejects_bad_settings():
     from tsdfm.errors import TsdfmError
 
-    for kw in ({"candidates": 0}, {"select": "max"}, {"tau": 0.0}):
+    for kw in ({"candidates": 0}, {"select": "max"}, {"tau": 0.0}, {"t_start": 1.0}):
         with pytest.raises(TsdfmError):
             Navigator(FirstTokenEnergy(), **{"mask_id": MASK, **kw})
+
+
+def test_window_navigates_only_rows_at_or_after_t_start():
+    """t_start: rows whose jump starts before it keep candidate 0 (blind in law), the others the
+    argmin; the statistics describe only the navigated rows; t_start = 0 is unchanged."""
+    x, logits, _, h = toy_inputs(64)
+    t = torch.linspace(0, 0.9, 64)
+    early = t < 0.5
+    full = Navigator(FirstTokenEnergy(), 5, "argmin", 1.0, "mask", MASK)
+    windowed = Navigator(FirstTokenEnergy(), 5, "argmin", 1.0, "mask", MASK, t_start=0.5)
+    a = full.navigate(permuted_jump(5), x, logits, t, h, torch.Generator().manual_seed(3))
+    b = windowed.navigate(permuted_jump(5), x, logits, t, h, torch.Generator().manual_seed(3))
+    assert torch.equal(a.candidates, b.candidates)  # same draws, only the choice differs
+    assert (b.next[~early] == 2).all() and (b.chosen[early] == 0).all()
+    assert torch.equal(b.next[early], b.candidates[early, 0])
+    assert (b.next[early] != 2).any()  # candidate 0 is not always the minimiser
+    assert a.navigated is None and torch.equal(b.navigated, ~early)
+    assert windowed.stats()["energy"] == 0.0 and full.stats()["energy"] == 0.0
+    assert windowed.stats()["gap"] == pytest.approx(2.0)  # navigated rows only
+
+
+def test_window_past_every_row_keeps_candidate_zero(gen):
+    """A window that starts after every row's t makes a K = 4 navigator return candidate 0
+    everywhere (blind in law), whatever the energies say, and record no statistics."""
+    nav4 = Navigator(FirstTokenEnergy(), 4, "argmin", 1.0, "mask", MASK, t_start=0.99)
+    out = nav4.navigate(permuted_jump(4), *toy_inputs(32), gen)
+    assert (out.chosen == 0).all() and (out.next != 2).any()
+    assert np.isnan(nav4.stats()["gap"])

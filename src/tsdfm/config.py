@@ -183,13 +183,16 @@ def _ar_baseline() -> CausalStageConfig:
 class ShapingConfig:
     """Trajectory shaping (TS-DFM): K candidate jumps per midpoint, scored by a compass.
 
-    ``candidates=1`` is the blind recipe (same code path, same numbers).
+    ``candidates=1`` is the blind recipe (same code path, same numbers). ``t_start`` is the
+    navigation window: only midpoint jumps that start at ``t >= t_start`` are navigated, earlier
+    ones keep candidate 0 (a blind jump in law); 0 navigates every midpoint (the paper's default).
     """
 
     candidates: int = 1
     compass: str = "ar"  # ar | self | oracle
     select: str = "argmin"  # argmin | softmax
     tau: float = 1.0
+    t_start: float = 0.0
 
     def validate(self, where: str = "student.shaping") -> None:
         if self.candidates < 1:
@@ -203,6 +206,11 @@ class ShapingConfig:
             raise TsdfmError(
                 f"{where}.tau must be > 0, got {self.tau}; it is the softmax temperature of "
                 "select=softmax, e.g. 1.0 (use select=argmin for the zero-temperature limit)"
+            )
+        if not 0.0 <= self.t_start < 1.0:
+            raise TsdfmError(
+                f"{where}.t_start must be in [0, 1), got {self.t_start}; it is the earliest "
+                "time whose midpoint jumps are navigated (0 navigates all of them)"
             )
 
 

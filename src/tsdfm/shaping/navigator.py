@@ -11,6 +11,10 @@ candidate jumps from the same state with the same prediction ``k`` and keeps one
 4. ``argmin``: keep ``argmin_j E_j``; ``softmax``: draw ``j ~ softmax(-E / tau)`` with the
    same generator (a float64 Gumbel-max draw on ``[B, K]``).
 
+Navigation window (``t_start``, the paper's knob): only rows whose jump starts at
+``t >= t_start`` are navigated; the others keep candidate 0, which is one of K i.i.d. blind
+jumps, so in law a blind jump. ``t_start = 0`` (default) navigates every row, unchanged.
+
 K = 1 makes exactly the blind call ``jump(x, k, t, h, generator)`` (no repeat, no selection
 draw), so the random stream and the result are bit-identical to blind distillation: the K = 1
 row of the ablation runs this code path, not a separate one.
@@ -50,6 +54,7 @@ class Navigation:
     views: Tensor
     energies: Tensor
     chosen: Tensor
+    navigated: Tensor | None = None  # [B] bool; None = every row (t_start = 0)
 
     @property
     def chosen_energy(self) -> Tensor:
@@ -83,6 +88,7 @@ class Navigator:
         tau: float = 1.0,
         source: str = "mask",
         mask_id: int = -1,
+        t_start: float = 0.0,
     ):
         if candidates < 1:
             raise TsdfmError(f"candidates (K) must be >= 1, got {candidates}")
@@ -94,6 +100,9 @@ class Navigator:
             raise TsdfmError(f"unknown source {source!r}; choose mask or uniform")
         if source == "mask" and mask_id < 0:
             raise TsdfmError("the mask source needs mask_id")
+        if not 0.0 <= t_start < 1.0:
+            raise TsdfmError(f"t_start must be in [0, 1), got {t_start}")
+        self.t_start = float(t_start)
         self.compass, self.candidates, self.select = compass, int(candidates), select
         self.tau, self.source, self.mask_id = float(tau), source, mask_id
         self.recording = True
@@ -119,9 +128,13 @@ class Navigator:
         views = look_ahead(cand, logits_k, self.source, self.mask_id)
         energies = self.compass.energy(views).view(b, k)
         chosen = self.choose(energies, generator)
+        navigated = None
+        if self.t_start > 0:
+            navigated = _row_times(t, b).to(chosen.device) >= self.t_start
+            chosen = torch.where(navigated, chosen, torch.zeros_like(chosen))
         cand, views = cand.view(b, k, length), views.view(b, k, length)
         nxt = cand[torch.arange(b, device=cand.device), chosen]
-        nav = Navigation(nxt, cand, views, energies, chosen)
+        nav = Navigation(nxt, cand, views, energies, chosen, navigated)
         if self.recording:
             self._record(nav)
         return nav
@@ -170,22 +183,33 @@ class Navigator:
         self.last = nav
         self._calls += 1
         self._midpoint += 1
-        gap = nav.gap
+        keep = nav.navigated  # statistics describe navigated rows only
+        pick = (lambda v: v) if keep is None else (lambda v: v[keep])
+        gap = pick(nav.gap)
         self._add("gap", gap)
         self._add(f"gap_m{self._midpoint}", gap)
-        self._add("changed", (nav.chosen != 0).double())
-        self._add("energy", nav.chosen_energy)
-        self._add("energy_mean", nav.energies.mean(1))
+        self._add("changed", pick((nav.chosen != 0).double()))
+        self._add("energy", pick(nav.chosen_energy))
+        self._add("energy_mean", pick(nav.energies.mean(1)))
 
     def stats(self) -> dict[str, float]:
         """Row-weighted means since :meth:`reset_stats`: ``gap``, ``gap_m1..``, ``changed``
         (fraction of rows keeping a candidate other than 0), ``energy`` (chosen),
         ``energy_mean`` (all candidates), and ``calls``. Empty means are NaN."""
-        out = {k: self._sums[k] / self._rows[k] for k in sorted(self._sums)}
+        out = {
+            k: self._sums[k] / self._rows[k] if self._rows[k] else math.nan
+            for k in sorted(self._sums)
+        }
         for k in ("gap", "changed", "energy", "energy_mean"):
             out.setdefault(k, math.nan)
         out["calls"] = float(self._calls)
         return out
+
+
+def _row_times(t, b: int) -> Tensor:
+    """``t`` (a float, a scalar tensor, ``[B]`` or ``[B, 1]``) as one time per row, ``[B]``."""
+    tt = torch.as_tensor(t).reshape(-1)
+    return tt.expand(b) if tt.numel() == 1 else tt
 
 
 def _repeat_rows(k: int, b: int):
@@ -207,7 +231,15 @@ def build_navigator(
 
     compass = load_compass(shaping.compass, compass_dir, teacher, chain, seq_len)
     c = teacher.config
-    return Navigator(compass, shaping.candidates, shaping.select, shaping.tau, c.source, c.mask_id)
+    return Navigator(
+        compass,
+        shaping.candidates,
+        shaping.select,
+        shaping.tau,
+        c.source,
+        c.mask_id,
+        getattr(shaping, "t_start", 0.0),
+    )
 
 
 def shaped_jump(shaping, teacher, compass_dir=None, chain=None, seq_len: int | None = None):

@@ -137,9 +137,12 @@ def shaping_setup(
     extra = {"candidates": sh.candidates, "compass": sh.compass, "select": sh.select, "tau": sh.tau}
     if sh.compass == "ar":
         extra["compass_dir"] = str(compass_dir)
+    if sh.t_start > 0:
+        extra["t_start"] = sh.t_start
     name = (
         f"student-{sh.compass}-k{sh.candidates}"
         + (f"-softmax{sh.tau:g}" if sh.select == "softmax" else "")
+        + (f"-from{sh.t_start:g}" if sh.t_start > 0 else "")
         + suffix
     )
     return jump_fn, ("shaped" if sh.candidates > 1 else "blind"), extra, name
