@@ -100,3 +100,41 @@ def test_a_model_without_positions_gets_the_full_call():
     res = sample(fn, x0, 4, make_scheduler("polynomial", 1.0), "mask", c.mask_id, g)
     assert calls == [3, 3, 3, 3] and res.nfe_actual == 4
     assert torch.equal(res.ids, _draw(m, "mask", True, seed=0, batch=3, steps=4).ids)
+
+
+def test_precision_benchmark_compares_the_full_head(tmp_path):
+    """benchmarks/sample_precision.py --compare full-head: same seed, same tokens."""
+    import importlib.util
+    from pathlib import Path
+
+    from tsdfm.data.tokenizer import Tokenizer
+
+    _model("mask").save_pretrained(tmp_path / "m", tokenizer=Tokenizer.identity(V))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "sample_precision.py"
+    spec = importlib.util.spec_from_file_location("sample_precision_bench", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = ["--model", str(tmp_path / "m"), "--steps", "4", "--num", "6", "--batch-size", "3"]
+    report = mod.main([*argv, "--compare", "full-head", "--out", str(tmp_path / "out")])
+    assert report["identical_tokens_at-jumps_vs_full-head"] == 1.0
+    assert report["identical_tokens_at-jumps_seed_vs_seed+1"] < 1.0
+    assert (tmp_path / "out" / "full-head.jsonl").is_file()
+
+
+def test_cpu_row_chunks_give_the_same_logits(monkeypatch):
+    """The CPU body runs over row chunks; chunk borders (and repeated rows that straddle them)
+    change nothing but the rounding of a smaller matmul."""
+    import tsdfm.models.denoiser as denoiser
+
+    m = _model("uniform")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, V + 1, (7, L), generator=g)
+    x[6] = x[0]
+    t, dt = torch.full((7,), 0.25), torch.full((7,), 0.5)
+    pos = torch.rand(7, L, generator=g) < 0.5
+    pos[3] = False  # a chunk may have nothing to compute
+    with torch.no_grad():
+        whole = m(x, t, dt, positions=pos)
+        monkeypatch.setattr(denoiser, "CPU_CHUNK_POSITIONS", L)  # one row per chunk
+        chunked = m(x, t, dt, positions=pos)
+    torch.testing.assert_close(whole, chunked, rtol=1e-5, atol=1e-6)

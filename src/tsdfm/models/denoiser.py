@@ -48,6 +48,14 @@ class DenoiserConfig:
         return self.dim if (self.time_cond or self.dt_cond) else None
 
 
+# On the CPU the positions= path runs the body over chunks of about this many positions
+# (whole rows): a [B*L, 4*dim] MLP activation at batch 32 is 16 MB, beyond the cache, and the
+# allocator returns such blocks to the OS between calls, so every step page-faults them in
+# again; smaller chunks stay in cache and are reused (same results: rows are independent).
+# Tiny config, batch 32, 8 steps, in one run: 3.53 s unchunked, 3.43 s at 512, 3.26 s at 1024.
+CPU_CHUNK_POSITIONS = 1024
+
+
 class Denoiser(PretrainedMixin, nn.Module):
     model_type = "denoiser"
     config_class = DenoiserConfig
@@ -129,8 +137,25 @@ class Denoiser(PretrainedMixin, nn.Module):
         x, t, dt, which = _distinct_rows(x, t, dt)
         if which is not None:
             rows = which[rows]
-        h = self.embed(x)
         cond = self.conditioning(t, dt)
+        per_chunk = max(1, CPU_CHUNK_POSITIONS // x.shape[1])
+        if x.device.type != "cpu" or x.shape[0] <= per_chunk:
+            return self._rows_at(x, cond, rows, cols)
+        out = None
+        for a in range(0, x.shape[0], per_chunk):
+            b = min(a + per_chunk, x.shape[0])
+            sel = ((rows >= a) & (rows < b)).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                continue
+            part = self._rows_at(
+                x[a:b], None if cond is None else cond[a:b], rows[sel] - a, cols[sel]
+            )
+            out = part.new_empty(rows.numel(), part.shape[1]) if out is None else out
+            out[sel] = part
+        return out
+
+    def _rows_at(self, x, cond, rows, cols) -> torch.Tensor:
+        h = self.embed(x)
         for block in self.blocks[:-1]:
             h = block(h, cond)
         h = self.blocks[-1].forward_at(h, cond, rows, cols)
