@@ -26,9 +26,12 @@ def _model(source: str = "mask", student: bool = True, seed: int = 0) -> Denoise
     return m.eval()
 
 
-@pytest.mark.parametrize("source", ["mask", "uniform"])
-def test_forward_at_positions_equals_the_full_forward_there(source):
-    m = _model(source)
+@pytest.mark.parametrize(
+    "source,student", [("mask", True), ("uniform", True), ("mask", False), ("uniform", False)]
+)
+def test_forward_at_positions_equals_the_full_forward_there(source, student):
+    """Students (adaLN from dt), a time-conditioned teacher and an unconditioned one."""
+    m = _model(source, student)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, V + 1, (6, L), generator=g)
     x[4] = x[1]  # a repeated row (computed once) ...
@@ -138,3 +141,16 @@ def test_cpu_row_chunks_give_the_same_logits(monkeypatch):
         monkeypatch.setattr(denoiser, "CPU_CHUNK_POSITIONS", L)  # one row per chunk
         chunked = m(x, t, dt, positions=pos)
     torch.testing.assert_close(whole, chunked, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_runs_the_positions_path():
+    m = _model("mask")
+    x = torch.full((3, L), V)
+    t, dt = torch.zeros(3), torch.full((3,), 0.25)
+    pos = torch.zeros(3, L, dtype=torch.bool)
+    pos[0, 2] = pos[2, 5] = True
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        at = m(x, t, dt, positions=pos)
+        full = m(x, t, dt)
+    assert at.dtype == torch.float32 and at.shape == (2, V)
+    torch.testing.assert_close(at, full[pos], rtol=0.05, atol=0.05)
