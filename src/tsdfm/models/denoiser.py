@@ -120,6 +120,8 @@ class Denoiser(PretrainedMixin, nn.Module):
         """
         if x.shape[1] > self.config.max_len:
             raise ValueError(f"sequence length {x.shape[1]} > model max_len {self.config.max_len}")
+        if positions is not None and self.training and self.config.dropout > 0:
+            return self.forward(x, t, dt)[positions]  # dropout in training: the plain path
         if positions is not None:
             return self._forward_at(x, t, dt, positions)
         h = self.embed(x)
