@@ -7,6 +7,13 @@ CTMC exactly for the frozen ``p``. With the true denoiser and a factorised targe
 samples are exact for any number of steps; the few-step error of a real model comes only
 from freezing ``p`` (positions that switch in the same step are drawn independently).
 
+Head at the switching positions (the default for a model with ``supports_positions``, exact
+rule, no cache): which positions switch in a step depends on the sampler's uniforms, ``q`` and
+the clamp only, so it is drawn before the model call, and the model returns logits at those
+positions alone (its body still sees the whole sequence). The random numbers and their order are
+those of :func:`~tsdfm.flow.jump.jump`, so the samples are the same; the head and the last block
+then cost about L positions over a whole run instead of ``steps * L``.
+
 Caching (mask source only, DESIGN section 2): a model without time conditioning returns
 the same logits until some position of the row unmasks, so only rows whose ids changed
 since their last forward are re-run. ``nfe_actual`` counts the calls actually made (a call
