@@ -108,12 +108,14 @@ def load_models(args: argparse.Namespace, cfg: ExperimentConfig) -> tuple[dict, 
 
 def time_row(
     name, model_tok, steps, batch, cache, seq_len, args, repeats=None, precision="fp32",
-    compiled=False,
+    compiled=False, full_head=False,
 ) -> dict:  # fmt: skip
     """Warm-up, then ``repeats`` timed draw_samples calls; the sampler's own clock is used.
 
     ``precision="bf16"`` runs the calls under bf16 autocast (the forward pass only: the jump's
-    draws are float64 either way); ``compiled`` samples with ``torch.compile(model)``.
+    draws are float64 either way); ``compiled`` samples with ``torch.compile(model)``;
+    ``full_head`` turns the sampler's head-at-jumps off (the full ``[B, L, V]`` head each step,
+    as before it existed), the in-run reference for what computing it at moving positions saves.
     """
     repeats = repeats or args.repeats
     model = model_tok[0]
@@ -127,6 +129,7 @@ def time_row(
             s = draw_samples(
                 name, steps=n_steps, num=batch, seed=seed, batch_size=batch, cache=cache,
                 seq_len=seq_len, progress=False, model_and_tokenizer=model_tok, device=None,
+                head_at_jumps=False if full_head else None,
             )  # fmt: skip
         return s.meta
 
@@ -141,6 +144,7 @@ def time_row(
         "batch": batch,
         "precision": precision,
         "compiled": compiled,
+        "head_at_jumps": metas[0]["sampler"].get("head_at_jumps"),
         "forward_cache": metas[0]["sampler"]["forward_cache"],
         "nfe_nominal": metas[0]["nfe_nominal"],
         "nfe_actual": statistics.mean(m["nfe_actual"] for m in metas),
@@ -163,7 +167,9 @@ def speedups(rows: list[dict], batches: list[int], steps: int) -> dict:
     """Student @ ``steps`` against the teacher (uncached, cached) and AR, per batch size."""
     out = {}
     for b in batches:
-        s = find(rows, "student", b, steps=steps, precision="fp32", compiled=False)
+        s = find(
+            rows, "student", b, steps=steps, precision="fp32", compiled=False, head_at_jumps=True
+        )
         if s is None:
             continue
         ref = {
@@ -176,13 +182,19 @@ def speedups(rows: list[dict], batches: list[int], steps: int) -> dict:
             for k, r in ref.items()
             if r is not None
         }
-        for p, c in (("bf16", False), ("fp32", True)):  # the speed-setting rows, if measured
-            v = find(rows, "student", b, steps=steps, precision=p, compiled=c)
+        variants = (("bf16", False, True), ("fp32", True, True), ("fp32", False, False))
+        for p, c, at in variants:  # the speed-setting rows, if measured
+            v = find(rows, "student", b, steps=steps, precision=p, compiled=c, head_at_jumps=at)
             if v is not None:
-                name = "compiled" if c else p
-                out[str(b)][f"student{steps}_{name}_vs_fp32"] = (
-                    s["seconds_median"] / v["seconds_median"]
-                )
+                name = "compiled" if c else p if at else "full_head"
+                if not at:  # what computing the head at moving positions only gains
+                    out[str(b)][f"student{steps}_head_at_jumps_vs_full_head"] = (
+                        v["seconds_median"] / s["seconds_median"]
+                    )
+                else:
+                    out[str(b)][f"student{steps}_{name}_vs_fp32"] = (
+                        s["seconds_median"] / v["seconds_median"]
+                    )
                 if ref["ar"] is not None:
                     out[str(b)][f"student{steps}_{name}_vs_ar"] = (
                         ref["ar"]["seconds_median"] / v["seconds_median"]
@@ -204,7 +216,7 @@ def run(args: argparse.Namespace) -> dict:
                 time_row(
                     "student", models["student"], args.headline_steps, b, False, seq_len, args,
                     precision="bf16" if variant == "bf16" else "fp32",
-                    compiled=variant == "compile",
+                    compiled=variant == "compile", full_head=variant == "full-head",
                 )
             )  # fmt: skip
         rows.append(time_row("ar", models["ar"], seq_len, b, True, seq_len, args))
@@ -270,6 +282,7 @@ def markdown(r: dict) -> str:
         cache = "kv" if x["model"] == "ar" else ("on" if x["forward_cache"] else "off")
         label = x["model"] + {"bf16": " (bf16 autocast)"}.get(x.get("precision"), "")
         label += " (torch.compile)" if x.get("compiled") else ""
+        label += " (full head)" if x.get("head_at_jumps") is False else ""
         lines.append(
             f"| {label} | {x['steps']} | {x['batch']} | {cache} | {x['nfe_nominal']} | "
             f"{x['nfe_actual']:.1f} | {x['ms_per_sample']:.2f} | {x['tokens_per_second']:,.0f} | "
@@ -303,8 +316,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "batch 32 one run takes minutes, so fewer may be needed: the table shows the count)",
     )
     ap.add_argument(
-        "--variants", nargs="*", default=[], choices=("bf16", "compile"),
-        help="extra student rows at --headline-steps: bf16 autocast, torch.compile",
+        "--variants", nargs="*", default=[], choices=("bf16", "compile", "full-head"),
+        help="extra student rows at --headline-steps: bf16 autocast, torch.compile, the full "
+        "[B, L, V] head every step (the sampler before head-at-jumps)",
     )  # fmt: skip
     ap.add_argument("--skip-teacher", action="store_true", help="no 1,024-step teacher rows")
     ap.add_argument("--warmup", type=int, default=1)

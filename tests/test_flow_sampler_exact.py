@@ -82,6 +82,37 @@ def test_final_marginals_match_target(steps, batch, source, sched):
     _assert_matches(_marginals(res.ids), target, batch)
 
 
+class _AtPositions:
+    """The oracle behind the sampler's head-at-jumps interface: it is asked only for the rows
+    with a switching position, and only for the logits at those positions."""
+
+    supports_positions = True
+
+    def __init__(self, fn):
+        self.fn, self.rows = fn, []
+
+    def __call__(self, x, t, dt, positions=None):
+        self.rows.append(x.shape[0])
+        full = self.fn(x, t, dt)
+        return full if positions is None else full[positions]
+
+
+@pytest.mark.parametrize("source", ["mask", "uniform"])
+@pytest.mark.parametrize("steps", [1, 2, 8, 64])
+def test_head_at_jumps_keeps_the_target_marginals(source, steps):
+    """Switches drawn before the model call, landings drawn at those positions only: the final
+    marginals are still exactly pi, and steps in which a row moves nothing skip that row."""
+    target, batch, sched = _target(), 20000, CosineScheduler()
+    model = _AtPositions(oracle(target, sched, source))
+    g = torch.Generator().manual_seed(100 + steps)
+    x0 = sample_source((batch, L), source, MASK, V, g)
+    res = sample(model, x0, steps, sched, source, MASK, g)
+    _assert_matches(_marginals(res.ids), target, batch)
+    assert res.nfe_per_sample == sum(model.rows) / batch
+    if steps == 64:  # with L = 4 most rows move nothing in most of 64 small steps
+        assert res.nfe_per_sample < steps / 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["mask", "uniform"])
 def test_final_marginals_match_target_1024_steps_large_batch(source):

@@ -90,6 +90,31 @@ def test_concurrent_requests_share_forward_passes_and_keep_their_samples(teacher
     )
 
 
+@pytest.mark.parametrize("model", ["student", "uniform"])
+def test_batched_head_at_jumps_keeps_every_requests_samples(dirs, model):
+    """Models that are not forward-cached take the head-at-switching-positions path in the
+    batcher: merged requests (other steps, temperatures, top-p) still draw what each draws
+    alone, which is what Generator.generate draws."""
+    g = Generator.from_pretrained(dirs[model], device="cpu")
+    bodies = [
+        dict(prompt="2", n=2, steps=6, seed=1, top_p=0.8),
+        dict(prompt="4 4", n=3, steps=4, seed=2, temperature=0.7),
+        dict(infill="1 [MASK] [MASK] 5", steps=3, seed=9),
+    ]
+    with TestClient(create_app(g, Limits(batch_window_ms=300))) as c:
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(lambda b: _post(c, **b).json(), bodies))
+        stats = c.get("/health").json()["batcher"]
+    assert stats["max_rows"] > 3, (answers, stats)
+    _, ids = g.generate(2, 6, seed=1, prompt="2", return_ids=True, top_p=0.8)
+    assert [a["text"] for a in answers[0]["choices"]] == g.tokenizer.decode_batch(
+        ids[:, 1:].tolist()
+    )
+    with TestClient(create_app(g)) as c:
+        alone = [_post(c, **b).json() for b in bodies]
+    assert [a["choices"] for a in answers] == [a["choices"] for a in alone]
+
+
 def test_stream_sends_every_step_then_the_same_final_text(client):
     plain = _post(client, prompt="5 5", steps=4, seed=3).json()
     r = _post(client, prompt="5 5", steps=4, seed=3, stream=True)

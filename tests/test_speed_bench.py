@@ -14,6 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 ROW_KEYS = {
     "model", "steps", "batch", "forward_cache", "nfe_nominal", "nfe_actual", "seconds_median",
     "seconds_runs", "repeats", "ms_per_sample", "tokens_per_second", "precision", "compiled",
+    "head_at_jumps",
 }  # fmt: skip
 
 
@@ -106,3 +107,16 @@ def test_bf16_variant_rows(speed, tmp_path):
         result["speedups"]["2"]
     )
     assert "student (bf16 autocast)" in (tmp_path / "speed-quick.md").read_text()
+
+
+def test_full_head_variant_row(speed, tmp_path):
+    """The in-run reference: the same student with the full [B, L, V] head every step."""
+    argv = ["--quick", "--random", "--out", str(tmp_path), "--repeats", "1", "--warmup", "0"]
+    result = speed.main(
+        [*argv, "--student-steps", "8", "--batch-sizes", "2", "--variants", "full-head"]
+        + ["--skip-teacher"]
+    )
+    rows = [(r["model"], r["head_at_jumps"]) for r in result["rows"]]
+    assert rows == [("student", True), ("student", False), ("ar", None)]
+    assert "student8_head_at_jumps_vs_full_head" in result["speedups"]["2"]
+    assert "student (full head)" in (tmp_path / "speed-quick.md").read_text()

@@ -29,6 +29,7 @@ from tsdfm.artifacts import atomic_write_json, atomic_write_text, now_iso, read_
 from tsdfm.distributed import derive_seed, make_generator
 from tsdfm.errors import TsdfmError
 from tsdfm.flow import filter_logits, make_scheduler, sample, sample_source
+from tsdfm.flow.sampler import supports_positions
 from tsdfm.models import CausalLM, Denoiser, load_pretrained
 from tsdfm.sample_files import iter_records, meta_path, record_text, resolve_samples
 
@@ -86,6 +87,7 @@ def draw_samples(
     device: str | torch.device | None = "auto",
     seed_per_batch: bool | None = None,
     temperature: float = 1.0,
+    head_at_jumps: bool | None = None,
 ) -> SampleSet:
     """Unconditional samples; the denoiser uses the exact finite-step sampler, a causal LM its
     KV cache. ``cache`` (forward caching) only applies to time-independent mask-source models.
@@ -96,7 +98,8 @@ def draw_samples(
     so a GPU machine never samples on its CPU by accident; ``None`` keeps the model where it
     is (a model passed in ``model_and_tokenizer`` is moved in place otherwise).
     ``seed_per_batch`` (default: on under torchrun, off otherwise) seeds every batch
-    separately, see the module docstring.
+    separately, see the module docstring. ``head_at_jumps``: see :func:`tsdfm.flow.sample`
+    (default on: the model's last block and head run only where positions move).
     """
     for name, value in (("steps", steps), ("num", num), ("batch_size", batch_size)):
         _check_count(name, value)
@@ -130,10 +133,13 @@ def draw_samples(
     if is_causal and temperature != 1.0:
         raise TsdfmError(f"{model_dir} is a causal LM: sampling temperature applies to denoisers")
     use_cache = False if is_causal else can_cache(model, cache)
+    at_jumps = not use_cache and head_at_jumps is not False and supports_positions(model)
     starts = list(range(0, num, batch_size))
     mine = [k for k in range(len(starts)) if k % ctx.world_size == ctx.rank]
     show = progress and num <= batch_size and ctx.is_main
-    sampler_kw = dict(cache=cache, top_k=top_k, top_p=top_p, temperature=temperature)
+    sampler_kw = dict(
+        cache=cache, top_k=top_k, top_p=top_p, temperature=temperature, head_at_jumps=head_at_jumps
+    )
     results = []  # (batch index, ids on the CPU, nominal nfe, actual nfe, rows forwarded)
     t0 = time.perf_counter()
     for k in mine:
@@ -179,6 +185,7 @@ def draw_samples(
             "top_p": top_p,
             "temperature": temperature,
             "draw_precision": "float64",
+            "head_at_jumps": None if is_causal else at_jumps,
         },
         "tokenizer_fingerprint": tok.fingerprint(),
         "nfe_nominal": nfe_nom // n_batches,

@@ -14,6 +14,10 @@ full batch plus one jump, whatever t is, so
     sec_per_sample ~= (seconds of the timed steps / timed_steps) * steps / batch_size.
 
 The estimate is labelled as such in the metadata; ``benchmarks/speed.py`` times whole runs.
+The window runs with ``head_at_jumps=False`` (the full ``[B, L, V]`` forward every step): with
+the head at switching positions only, a step in which no position moves skips the model, so the
+cost per step would depend on t (early steps of 1,024 rarely move anything) and the scaling
+above would not hold.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def time_uncached(
     was = model.training
     model.eval()
     try:
-        sample_denoiser(model, x0, steps, gen, cache=False, callback=clock)
+        sample_denoiser(model, x0, steps, gen, cache=False, callback=clock, head_at_jumps=False)
     except _Enough:
         pass
     finally:

@@ -82,6 +82,45 @@ def _prob_of_current(log_p: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.where(in_classes, p_x, torch.zeros_like(p_x)), in_classes, safe_x
 
 
+def draw_switches(
+    x: Tensor,
+    t: Tensor | float,
+    h: Tensor | float,
+    scheduler: Scheduler,
+    source: str,
+    mask_id: int,
+    generator: torch.Generator,
+    clamp: Tensor | None = None,
+) -> Tensor:
+    """The exact rule's first half: which positions of ``x [B, L]`` switch in ``[t, t + h]``.
+
+    One float64 uniform per position, ``switch = u < q(t, h)``; for the mask source only
+    ``[MASK]`` positions may switch, and clamped ones never do. The denoiser plays no part,
+    so a sampler may call this *before* the model and ask for logits at the switching
+    positions only (:func:`land` then draws there): the same random numbers in the same order
+    as :func:`jump`, hence the same samples.
+    """
+    q = switch_probability(t, h, scheduler, x.device)
+    if q.dim() == 1:
+        q = q[:, None]
+    switch = uniform(x.shape, generator, x.device) < q
+    if source == "mask":
+        switch &= x == mask_id
+    if clamp is not None:
+        switch &= ~clamp.to(device=x.device, dtype=torch.bool)
+    return switch
+
+
+def land(x: Tensor, switch: Tensor, logits_at: Tensor, generator: torch.Generator) -> Tensor:
+    """The exact rule's second half: new ids, with a float64 Gumbel-max draw from
+    ``logits_at [N, V]`` (the denoiser's filtered logits at ``x[switch]``, row-major order) at
+    each switching position (a draw may return the current token); the rest unchanged."""
+    out = x.clone()
+    if logits_at.shape[0]:
+        out[switch] = categorical(logits_at.to(_F64), generator)
+    return out
+
+
 def jump(
     x: Tensor,
     logits: Tensor,
@@ -112,26 +151,18 @@ def jump(
             f"clamp must have the shape of x {tuple(x.shape)}, got {tuple(clamp.shape)}"
         )
 
-    q = switch_probability(t, h, scheduler, x.device)
-    if q.dim() == 1:
-        q = q[:, None]
-    u = uniform(x.shape, generator, x.device)
-
     if jump_rule == "exact":
         # Which positions switch depends on u, q and x only, so it is decided first; landing
         # tokens are then drawn for the switching positions alone. A 1,024-step sampler moves
         # about L tokens in total, so drawing a [B, L, V] Gumbel tensor every step would cost
         # far more than the model's cached forward passes.
-        switch = u < q
-        if source == "mask":
-            switch &= x == mask_id
-        if clamp is not None:
-            switch &= ~clamp.to(device=x.device, dtype=torch.bool)
-        out = x.clone()
-        if switch.any():
-            out[switch] = categorical(logits[switch].to(_F64), generator)
-        return out
+        switch = draw_switches(x, t, h, scheduler, source, mask_id, generator, clamp)
+        return land(x, switch, logits[switch], generator)
 
+    q = switch_probability(t, h, scheduler, x.device)
+    if q.dim() == 1:
+        q = q[:, None]
+    u = uniform(x.shape, generator, x.device)
     log_p = torch.log_softmax(logits.to(_F64), dim=-1)
     p_x, in_classes, safe_x = _prob_of_current(log_p, x)
     # h * alpha = -log(1 - q); leave = 1 - exp(-h alpha (1 - p(x))). Guard 0 * inf at q = 1.

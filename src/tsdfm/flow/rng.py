@@ -39,7 +39,7 @@ def gumbel(
 ) -> Tensor:
     """Standard Gumbel noise ``g = -log(-log(u))`` in float64, with ``u`` clamped into (0, 1)."""
     u = uniform(shape, generator, device).clamp_(_U_LOW, _U_HIGH)
-    return -torch.log(-torch.log(u))
+    return u.log_().neg_().log_().neg_()  # in place: the same values, no [N, V] temporaries
 
 
 def categorical(logits: Tensor, generator: torch.Generator) -> Tensor:
@@ -52,4 +52,4 @@ def categorical(logits: Tensor, generator: torch.Generator) -> Tensor:
     Returns a LongTensor of shape ``logits.shape[:-1]``.
     """
     g = gumbel(logits.shape, generator, logits.device)
-    return torch.argmax(logits.to(_F64) + g, dim=-1)
+    return torch.argmax(g.add_(logits), dim=-1)  # float64 sum: g + logits == logits + g

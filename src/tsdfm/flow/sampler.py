@@ -7,6 +7,13 @@ CTMC exactly for the frozen ``p``. With the true denoiser and a factorised targe
 samples are exact for any number of steps; the few-step error of a real model comes only
 from freezing ``p`` (positions that switch in the same step are drawn independently).
 
+Head at the switching positions (the default for a model with ``supports_positions``, exact
+rule, no cache): which positions switch in a step depends on the sampler's uniforms, ``q`` and
+the clamp only, so it is drawn before the model call, and the model returns logits at those
+positions alone (its body still sees the whole sequence). The random numbers and their order are
+those of :func:`~tsdfm.flow.jump.jump`, so the samples are the same; the head and the last block
+then cost about L positions over a whole run instead of ``steps * L``.
+
 Caching (mask source only, DESIGN section 2): a model without time conditioning returns
 the same logits until some position of the row unmasks, so only rows whose ids changed
 since their last forward are re-run. ``nfe_actual`` counts the calls actually made (a call
@@ -28,7 +35,7 @@ from torch import Tensor
 
 from tsdfm.errors import TsdfmError
 from tsdfm.flow.filtering import filter_logits
-from tsdfm.flow.jump import JUMP_RULES, jump
+from tsdfm.flow.jump import JUMP_RULES, draw_switches, jump, land
 from tsdfm.flow.path import check_source
 from tsdfm.flow.rng import categorical
 from tsdfm.flow.scheduler import Scheduler
@@ -109,6 +116,33 @@ def _forward(model_fn: ModelFn, x: Tensor, t: Tensor, dt: Tensor, num_classes: i
     return logits
 
 
+def supports_positions(model_fn) -> bool:
+    """True when ``model_fn(x, t, dt, positions=mask)`` returns logits at ``mask`` only (a
+    ``torch.compile`` wrapper forwards the attribute of the module it wraps)."""
+    return bool(getattr(model_fn, "supports_positions", False))
+
+
+def _logits_at(
+    model_fn, x: Tensor, t: Tensor, dt: Tensor, switch: Tensor, num_classes: int
+) -> tuple[Tensor, int]:
+    """``(logits [N, C] at x[switch], rows forwarded)``; rows without a switching position
+    are left out of the call, and no call is made when nothing switches."""
+    rows = switch.any(dim=1).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return torch.zeros(0, num_classes, device=x.device), 0
+    if rows.numel() < x.shape[0]:
+        x, t, dt, switch = x[rows], t[rows], dt[rows], switch[rows]
+    logits = model_fn(x, t, dt, positions=switch)
+    expected = (int(switch.sum()), num_classes)
+    if tuple(logits.shape) != expected:
+        raise TsdfmError(
+            f"model returned logits of shape {tuple(logits.shape)} at the switching positions, "
+            f"expected {expected} (num_classes must equal mask_id: check the model matches "
+            "the tokenizer)"
+        )
+    return logits, x.shape[0]
+
+
 def sample(
     model_fn: ModelFn,
     x0: Tensor,
@@ -129,6 +163,7 @@ def sample(
     dt_for_model: float | None = None,
     progress: bool = False,
     callback: Callable[[int, Tensor], None] | None = None,
+    head_at_jumps: bool | None = None,
 ) -> SampleResult:
     """Sample ``steps`` jumps from ``x0 [B, L]`` (see the module doc for the maths).
 
@@ -139,6 +174,13 @@ def sample(
     ``mask_id`` (the model's logits must be ``[B, L, mask_id]``). ``callback(k, x)`` is called
     after step ``k`` (1..steps) with the current ids, so a caller can show the sequence while it
     crystallises instead of storing every step (it must not modify ``x``).
+
+    ``head_at_jumps`` (default: on wherever it applies): with the exact rule and no forward
+    cache, draw which positions switch first (that never depends on the model) and ask a
+    model that accepts ``positions=`` (``supports_positions``, e.g. the Denoiser) for logits
+    at those positions only, then filter and draw there. Same random numbers in the same
+    order, so the same samples (up to float rounding of a smaller matmul); rows with no
+    switching position skip the call. Off: one full ``[B, L, V]`` call per step.
     """
     steps = _check_steps(steps)
     check_source(source)
@@ -152,6 +194,9 @@ def sample(
     clamp = _check_inputs(x0, mask_id, clamp)
     filter_logits(torch.zeros(1), top_k, top_p, temperature)  # validate before any model call
     starts, sizes = _time_grid(steps, time_grid)
+    at_jumps = jump_rule == "exact" and not cache and supports_positions(model_fn)
+    if head_at_jumps is not None:
+        at_jumps = at_jumps and bool(head_at_jumps)
 
     batch, device = x0.shape[0], x0.device
     x = x0.to(torch.long).clone()
@@ -177,24 +222,33 @@ def sample(
             t_vec = torch.full((batch,), t_k, dtype=torch.float32, device=device)
             dt_vec = torch.full((batch,), dt_model, dtype=torch.float32, device=device)
 
-            if not cache or cached is None:
-                logits = _forward(model_fn, x, t_vec, dt_vec, mask_id)
-                nfe_actual += 1
-                rows_forwarded += batch
-                if cache:
-                    cached, seen = logits.clone(), x.clone()
+            if at_jumps:
+                switch = draw_switches(x, t_k, h_k, scheduler, source, mask_id, generator, clamp)
+                logits, moved = _logits_at(model_fn, x, t_vec, dt_vec, switch, mask_id)
+                nfe_actual += int(moved > 0)
+                rows_forwarded += moved
+                logits = filter_logits(logits, top_k, top_p, temperature)
+                x = land(x, switch, logits, generator)
             else:
-                rows = (x != seen).any(dim=1).nonzero().squeeze(1)
-                if rows.numel():
-                    sub = _forward(model_fn, x[rows], t_vec[rows], dt_vec[rows], mask_id)
+                if not cache or cached is None:
+                    logits = _forward(model_fn, x, t_vec, dt_vec, mask_id)
                     nfe_actual += 1
-                    rows_forwarded += rows.numel()
-                    cached[rows] = sub.to(cached.dtype)
-                    seen[rows] = x[rows]
-                logits = cached
-
-            logits = filter_logits(logits, top_k, top_p, temperature)
-            x = jump(x, logits, t_k, h_k, scheduler, source, mask_id, generator, jump_rule, clamp)
+                    rows_forwarded += batch
+                    if cache:
+                        cached, seen = logits.clone(), x.clone()
+                else:
+                    rows = (x != seen).any(dim=1).nonzero().squeeze(1)
+                    if rows.numel():
+                        sub = _forward(model_fn, x[rows], t_vec[rows], dt_vec[rows], mask_id)
+                        nfe_actual += 1
+                        rows_forwarded += rows.numel()
+                        cached[rows] = sub.to(cached.dtype)
+                        seen[rows] = x[rows]
+                    logits = cached
+                logits = filter_logits(logits, top_k, top_p, temperature)
+                x = jump(
+                    x, logits, t_k, h_k, scheduler, source, mask_id, generator, jump_rule, clamp
+                )
             if trajectory is not None:
                 trajectory.append(x.cpu().clone())
             if callback is not None:

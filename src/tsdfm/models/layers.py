@@ -43,6 +43,16 @@ class Rotary(nn.Module):
             )
         cos = self.cos[offset : offset + length].to(x.dtype)
         sin = self.sin[offset : offset + length].to(x.dtype)
+        return self._rotate(x, cos, sin)
+
+    def at(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: [N, H, D] for N queries at sequence ``positions [N]`` -> rotated, same shape."""
+        cos = self.cos[positions].to(x.dtype)[:, None]
+        sin = self.sin[positions].to(x.dtype)[:, None]
+        return self._rotate(x, cos, sin)
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x1, x2 = x[..., 0::2], x[..., 1::2]
         out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
         return out.flatten(-2)
@@ -85,6 +95,36 @@ class Attention(nn.Module):
                 q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
             )
         return self.out(y.transpose(1, 2).reshape(b, length, d))
+
+    def forward_at(self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Bidirectional attention output at the N query positions ``(rows[n], cols[n])`` only.
+
+        Keys and values still come from every position of ``x [B, L, D]``; queries, the
+        softmax and the output projection run for the N selected positions (``[N, D]`` in the
+        order given). Each query's result is the same dot products as in :meth:`forward`, so
+        this is exact, not an approximation: it is what lets the last block and the vocabulary
+        head skip the positions the sampler will not move. Queries are grouped per row into a
+        padded ``[B, Qmax]`` block for one SDPA call; padded slots are computed and dropped.
+        """
+        if self.causal:
+            raise ValueError("forward_at is for bidirectional attention")
+        b, length, d = x.shape
+        h, hd = self.n_heads, self.head_dim
+        w = self.qkv.weight
+        kv = F.linear(x, w[d:]).view(b, length, 2, h, hd).permute(2, 0, 3, 1, 4)
+        k, v = self.rotary(kv[0]), kv[1]
+        q = self.rotary.at(F.linear(x[rows, cols], w[:d]).view(-1, h, hd), cols)  # [N, H, hd]
+        # slot of each query within its row's group (rows need not be sorted)
+        counts = torch.bincount(rows, minlength=b)
+        order = torch.argsort(rows, stable=True)
+        slot = torch.empty_like(rows)
+        slot[order] = (
+            torch.arange(rows.numel(), device=x.device) - (counts.cumsum(0) - counts)[rows[order]]
+        )
+        padded = q.new_zeros(b, int(counts.max()), h, hd)
+        padded[rows, slot] = q
+        y = F.scaled_dot_product_attention(padded.transpose(1, 2), k, v)  # [B, H, Qmax, hd]
+        return self.out(y.transpose(1, 2)[rows, slot].reshape(-1, d))
 
 
 class MLP(nn.Module):
@@ -141,6 +181,24 @@ class Block(nn.Module):
         s1, c1, g1, s2, c2, g2 = self.modulation(cond)[:, None, :].chunk(6, dim=-1)
         x = x + (1 + g1) * self.attn(self.norm1(x) * (1 + c1) + s1, cache)
         return x + (1 + g2) * self.mlp(self.norm2(x) * (1 + c2) + s2)
+
+    def forward_at(
+        self, x: torch.Tensor, cond: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        """The block's output ``[N, D]`` at positions ``(rows, cols)`` only (bidirectional).
+
+        Keys and values need every position's normalised input; the residual stream, the
+        attention output and the MLP are computed at the selected positions alone. Exact: the
+        last block of a denoiser whose output is needed at a few positions costs their share.
+        """
+        if self.modulation is None or cond is None:
+            y = x[rows, cols] + self.attn.forward_at(self.norm1(x), rows, cols)
+            return y + self.mlp(self.norm2(y))
+        s1, c1, g1, s2, c2, g2 = self.modulation(cond)[:, None, :].chunk(6, dim=-1)
+        a = self.attn.forward_at(self.norm1(x) * (1 + c1) + s1, rows, cols)
+        s2, c2, g1, g2 = (m[rows, 0] for m in (s2, c2, g1, g2))
+        y = x[rows, cols] + (1 + g1) * a
+        return y + (1 + g2) * self.mlp(self.norm2(y) * (1 + c2) + s2)
 
 
 class ScalarEmbedding(nn.Module):

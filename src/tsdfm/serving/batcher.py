@@ -10,9 +10,13 @@ it filters that request's logits with its own temperature / top-k / top-p and dr
 for the same seed. So batching changes no sample: a request gives the same text alone or among
 others (up to float rounding of the batched matmul).
 
-Forward caching (a time-independent mask-source model: ``tsdfm.generation.can_cache``) is kept
-per request as in :func:`tsdfm.flow.sampler.sample`: only rows whose ids changed since their last
-forward are re-run.
+As in :func:`tsdfm.flow.sampler.sample`, a model that accepts ``positions=`` (the Denoiser) is
+asked for logits only where positions move: each request first draws which of its positions
+switch this step (its own generator, the same uniforms the sampler draws), the batched forward
+runs the last block and the head at those positions alone, and each request then draws its
+landing tokens there. Forward caching (a time-independent mask-source model:
+``tsdfm.generation.can_cache``) keeps the full-logits path, per request: only rows whose ids
+changed since their last forward are re-run.
 
 Results travel back to the asyncio side through ``loop.call_soon_threadsafe``; a request whose
 client went away is marked ``cancelled`` and dropped at the next step, freeing its rows.
@@ -34,6 +38,8 @@ import torch
 from torch import Tensor
 
 from tsdfm.flow import filter_logits, jump, make_scheduler
+from tsdfm.flow.jump import draw_switches, land
+from tsdfm.flow.sampler import supports_positions
 from tsdfm.generation import can_cache
 from tsdfm.inference import autocast
 from tsdfm.serving.schemas import Limits, RequestError
@@ -93,6 +99,7 @@ class Batcher:
         self.device = next(model.parameters()).device
         self.scheduler = make_scheduler(self.config.scheduler, self.config.exponent)
         self.cacheable = can_cache(model)
+        self.at_jumps = not self.cacheable and supports_positions(model)
         self._inbox: queue.Queue[Job] = queue.Queue()
         self._backlog: deque[Job] = deque()
         self._active: list[Job] = []
@@ -200,6 +207,74 @@ class Batcher:
         return (job.x != job.seen).any(dim=1).nonzero().squeeze(1)
 
     def _step(self, jobs: list[Job]) -> None:
+        if self.at_jumps:
+            self._step_at_jumps(jobs)
+        else:
+            self._step_full(jobs)
+        self.stats["steps"] += 1
+
+    def _step_at_jumps(self, jobs: list[Job]) -> None:
+        """One sampler step of every job, the head only at switching positions: switches drawn
+        per job, one forward per sequence length over the rows that move, landings per job."""
+        begin = time.perf_counter()
+        switches = [
+            draw_switches(
+                j.x, j.k / j.steps, (j.k + 1) / j.steps - j.k / j.steps, self.scheduler,
+                self.config.source, self.config.mask_id, j.generator, j.clamp,
+            )
+            for j in jobs
+        ]  # fmt: skip
+        by_len: dict[int, list[int]] = {}
+        for i, job in enumerate(jobs):
+            by_len.setdefault(job.x.shape[1], []).append(i)
+        parts: list[Any] = [None] * len(jobs)
+        for members in by_len.values():
+            self._forward_at(
+                [jobs[i] for i in members], [switches[i] for i in members], members, parts
+            )
+        for job, switch, part in zip(jobs, switches, parts, strict=True):
+            filtered = filter_logits(part, job.top_k, job.top_p, job.temperature)
+            job.x = land(job.x, switch, filtered, job.generator)
+            job.k += 1
+        self._report(jobs, time.perf_counter() - begin)
+
+    def _forward_at(self, jobs: list[Job], switches: list, where: list[int], parts: list) -> None:
+        """One batched forward (same length) at the switching positions of the rows that have
+        any; each job's ``[N_job, C]`` logits (row-major order of its switches) go to ``parts``."""
+        xs, ts, dts, sws, sizes = [], [], [], [], []
+        for job, switch in zip(jobs, switches, strict=True):
+            rows = switch.any(dim=1)
+            xs.append(job.x[rows])
+            sws.append(switch[rows])
+            n = xs[-1].shape[0]
+            ts.append(torch.full((n,), job.k / job.steps, device=self.device))
+            dts.append(torch.full((n,), 1.0 / job.steps, device=self.device))
+            sizes.append(int(switch.sum()))
+        n_rows = sum(x.shape[0] for x in xs)
+        if n_rows:
+            with autocast(self.device, self.dtype):
+                logits = self.model(
+                    torch.cat(xs), torch.cat(ts), torch.cat(dts), positions=torch.cat(sws)
+                ).float()
+        else:
+            logits = torch.zeros(0, self.config.num_classes, device=self.device)
+        for i, part in zip(where, logits.split(sizes), strict=True):
+            parts[i] = part
+        self.stats["forward_rows"] += n_rows
+        self.stats["max_rows"] = max(self.stats["max_rows"], n_rows)
+
+    def _report(self, jobs: list[Job], took: float) -> None:
+        """Finished jobs leave and get their answer; streaming ones get this step's state."""
+        for job in jobs:
+            if job.cancelled:
+                continue
+            if job.k == job.steps:
+                self._active.remove(job)
+                self._finish(job, ("done", job.x.cpu(), time.perf_counter() - job.started, took))
+            elif job.want_steps:
+                job.emit(("step", job.k, job.x.cpu(), took))
+
+    def _step_full(self, jobs: list[Job]) -> None:
         """One sampler step of every job: one forward pass per sequence length, then per-job
         jumps (rows of different lengths cannot share a pass: the model has no padding mask)."""
         begin = time.perf_counter()
@@ -210,7 +285,6 @@ class Batcher:
         parts: list[Any] = [None] * len(jobs)
         for members in by_len.values():
             self._forward([jobs[i] for i in members], [picks[i] for i in members], members, parts)
-        self.stats["steps"] += 1
         for job, rows, part in zip(jobs, picks, parts, strict=True):
             logits = self._update_cache(job, rows, part)
             k, steps = job.k, job.steps
@@ -221,15 +295,7 @@ class Batcher:
                 self.config.mask_id, job.generator, "exact", job.clamp,
             )  # fmt: skip
             job.k += 1
-        took = time.perf_counter() - begin
-        for job in jobs:
-            if job.cancelled:
-                continue
-            if job.k == job.steps:
-                self._active.remove(job)
-                self._finish(job, ("done", job.x.cpu(), time.perf_counter() - job.started, took))
-            elif job.want_steps:
-                job.emit(("step", job.k, job.x.cpu(), took))
+        self._report(jobs, time.perf_counter() - begin)
 
     def _forward(self, jobs: list[Job], picks: list, where: list[int], parts: list) -> None:
         """One batched forward of ``jobs`` (same length); their logits go to ``parts[where]``."""
