@@ -14,6 +14,12 @@ on a subset of rows counts 1); a 1,024-step sampler then needs at most L calls p
 Caching only saves work: each step draws the same random numbers either way, so
 ``cache=True`` and ``cache=False`` give identical samples under the same seed (for a
 model whose output really does not depend on ``t``).
+
+A mixture student (``config.latent_codes > 0``, docs/mixture.md) gets one latent code
+``z ~ Uniform{0..K-1}`` per row per step, drawn from ``generator`` just before its forward pass and
+passed as its fourth argument: the step is then a mixture of products over ``z``, at the same
+one forward pass per step. Nothing is drawn for any other model, so their random streams are
+unchanged. Caching is refused for it (its output changes with every draw).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from tsdfm.flow.jump import JUMP_RULES, jump
 from tsdfm.flow.path import check_source
 from tsdfm.flow.rng import categorical
 from tsdfm.flow.scheduler import Scheduler
+from tsdfm.models.latent import draw_latent, latent_codes_of
 
 __all__ = ["SampleResult", "categorical", "filter_logits", "jump", "sample"]
 
@@ -98,8 +105,19 @@ def _check_inputs(x0: Tensor, mask_id: int, clamp: Tensor | None) -> Tensor | No
     return clamp
 
 
-def _forward(model_fn: ModelFn, x: Tensor, t: Tensor, dt: Tensor, num_classes: int) -> Tensor:
-    logits = model_fn(x, t, dt)
+def _forward(
+    model_fn: ModelFn,
+    x: Tensor,
+    t: Tensor,
+    dt: Tensor,
+    num_classes: int,
+    generator: torch.Generator,
+    latent_codes: int = 0,
+) -> Tensor:
+    if latent_codes:
+        logits = model_fn(x, t, dt, draw_latent(x.shape[0], latent_codes, generator, x.device))
+    else:
+        logits = model_fn(x, t, dt)
     expected = (*x.shape, num_classes)
     if tuple(logits.shape) != expected:
         raise TsdfmError(
@@ -149,6 +167,12 @@ def sample(
             "cache=True is only valid for the mask source (a uniform-source model's output "
             "changes with every step); use cache=False"
         )
+    latent_codes = latent_codes_of(model_fn)
+    if cache and latent_codes:
+        raise TsdfmError(
+            "cache=True cannot be used with a mixture student (a fresh latent every step "
+            "changes its output); use cache=False"
+        )
     clamp = _check_inputs(x0, mask_id, clamp)
     filter_logits(torch.zeros(1), top_k, top_p, temperature)  # validate before any model call
     starts, sizes = _time_grid(steps, time_grid)
@@ -178,7 +202,7 @@ def sample(
             dt_vec = torch.full((batch,), dt_model, dtype=torch.float32, device=device)
 
             if not cache or cached is None:
-                logits = _forward(model_fn, x, t_vec, dt_vec, mask_id)
+                logits = _forward(model_fn, x, t_vec, dt_vec, mask_id, generator, latent_codes)
                 nfe_actual += 1
                 rows_forwarded += batch
                 if cache:
@@ -186,7 +210,7 @@ def sample(
             else:
                 rows = (x != seen).any(dim=1).nonzero().squeeze(1)
                 if rows.numel():
-                    sub = _forward(model_fn, x[rows], t_vec[rows], dt_vec[rows], mask_id)
+                    sub = _forward(model_fn, x[rows], t_vec[rows], dt_vec[rows], mask_id, generator)
                     nfe_actual += 1
                     rows_forwarded += rows.numel()
                     cached[rows] = sub.to(cached.dtype)
