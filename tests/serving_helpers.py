@@ -25,12 +25,17 @@ def tiny_denoiser(source: str = "mask", length: int = L, dim: int = 32) -> Denoi
 
 
 def save_models(root: Path) -> dict[str, Path]:
-    """A mask teacher (as a run dir), a uniform-source teacher and a student."""
+    """A mask teacher (as a run dir), a uniform-source teacher, a student and a mixture student
+    (code embeddings scaled up, so a code drawn differently changes the text)."""
     tok = Tokenizer.identity(V)
     tiny_denoiser("mask").save_pretrained(root / "teacher" / "model", tokenizer=tok)
     tiny_denoiser("uniform").save_pretrained(root / "uniform", tokenizer=tok)
     build_student(tiny_denoiser("mask")).save_pretrained(root / "student", tokenizer=tok)
-    return {k: root / k for k in ("teacher", "uniform", "student")}
+    mixture = build_student(tiny_denoiser("mask"), latent_codes=4)
+    with torch.no_grad():
+        mixture.latent_emb.weight.normal_(0, 3.0)
+    mixture.save_pretrained(root / "mixture", tokenizer=tok)
+    return {k: root / k for k in ("teacher", "uniform", "student", "mixture")}
 
 
 def free_port() -> int:

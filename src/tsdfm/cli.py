@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tsdfm import __version__
-from tsdfm.config import MIDPOINT_KINDS
+from tsdfm.config import MIDPOINT_KINDS, STUDENT_KINDS
 from tsdfm.errors import TsdfmError
 
 
@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how shortcut midpoints are drawn: a jump with the network's prediction, with the "
         "frozen teacher's posterior, or (markov) with the chain's exact per-position or exact "
         "joint law, the diagnostic ceiling of navigation (default: student.midpoint)",
+    )
+    student.add_argument(
+        "--kind",
+        choices=STUDENT_KINDS,
+        help="product (one step commits positions independently) or mixture (a per-sample "
+        "latent makes one step a mixture of products, trained on the composed step's joint "
+        "law: docs/mixture.md); default: student.kind",
     )
 
     smp = sub.add_parser("sample", help="draw samples from a model directory")
@@ -348,6 +355,9 @@ def _train_student(args) -> None:
         cfg.student.anchor = args.anchor
     if args.midpoint is not None:
         cfg.student.midpoint = args.midpoint
+    if args.kind is not None:
+        cfg.student.kind = args.kind
+        cfg.student.validate()
     navigate = _apply_shaping_flags(args, cfg.student.shaping)
     sh = cfg.student.shaping
     teacher_dir = _model_dir(args.teacher or f"runs/{cfg.name}/teacher")

@@ -215,6 +215,7 @@ class ShapingConfig:
 
 
 MIDPOINT_KINDS = ("model", "teacher", "exact-marginal", "exact-joint")
+STUDENT_KINDS = ("product", "mixture")
 
 
 @dataclass
@@ -251,6 +252,14 @@ class StudentConfig:
     jump with the frozen teacher's posterior, any corpus) or, on the ``markov`` corpus only,
     ``exact-marginal`` / ``exact-joint`` (the chain's exact per-position law, or its exact
     joint law: the diagnostic ceiling of navigation; ``tsdfm.shaping.midpoints``).
+    ``kind``: ``product`` (default: one step commits positions independently given ``x_t``) or
+    ``mixture`` (docs/mixture.md, ``tsdfm.training.mixture``): the network also takes a latent
+    code ``z`` uniform on ``latent_codes`` values, one draw per sample per step, so one step is
+    a mixture of products that can carry correlations; it is trained on the joint law of the
+    two chained half steps (every code is evaluated on every training row, so the mixture
+    likelihood is exact and the student's training compute is ``latent_codes`` times the
+    product student's; ``joint_weight`` weighs the correlation term against the per-position
+    KL). It needs the exact composition target (``heun`` x ``probs``, temperature 1).
     """
 
     train: TrainConfig = field(
@@ -266,6 +275,9 @@ class StudentConfig:
     carry_over: bool = True
     midpoint: str = "model"
     shaping: ShapingConfig = field(default_factory=ShapingConfig)
+    kind: str = "product"
+    latent_codes: int = 4
+    joint_weight: float = 1.0
 
     def validate(self, where: str = "student") -> None:
         self.train.validate(f"{where}.train")
@@ -296,6 +308,27 @@ class StudentConfig:
                 f"targets), got {self.target_temperature}"
             )
         self.shaping.validate(f"{where}.shaping")
+        _choice(self, where, "kind", STUDENT_KINDS)
+        if self.kind == "mixture":
+            self.validate_mixture(where)
+
+    def validate_mixture(self, where: str) -> None:
+        if self.latent_codes < 2:
+            raise TsdfmError(
+                f"{where}.latent_codes must be >= 2 for {where}.kind=mixture (one code is a "
+                f"product student), got {self.latent_codes}"
+            )
+        if not 0 <= self.joint_weight <= 1:
+            raise TsdfmError(
+                f"{where}.joint_weight must be in [0, 1] (0 = per-position loss only; above 1 "
+                f"the objective is no longer proper, docs/mixture.md), got {self.joint_weight}"
+            )
+        if (self.target, self.target_space, self.target_temperature) != ("heun", "probs", 1.0):
+            raise TsdfmError(
+                f"{where}.kind=mixture is trained on the exact two-half-step composition: set "
+                f"{where}.target=heun {where}.target_space=probs {where}.target_temperature=1 "
+                f"(got {self.target} / {self.target_space} / {self.target_temperature:g})"
+            )
 
 
 TEXT_EVALUATORS = ("ar-small", "ar-large", "smollm2-135m")

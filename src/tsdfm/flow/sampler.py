@@ -21,6 +21,12 @@ on a subset of rows counts 1); a 1,024-step sampler then needs at most L calls p
 Caching only saves work: each step draws the same random numbers either way, so
 ``cache=True`` and ``cache=False`` give identical samples under the same seed (for a
 model whose output really does not depend on ``t``).
+
+A mixture student (``config.latent_codes > 0``, docs/mixture.md) gets one latent code
+``z ~ Uniform{0..K-1}`` per row per step, drawn from ``generator`` just before its forward pass and
+passed as its fourth argument: the step is then a mixture of products over ``z``, at the same
+one forward pass per step. Nothing is drawn for any other model, so their random streams are
+unchanged. Caching is refused for it (its output changes with every draw).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from tsdfm.flow.jump import JUMP_RULES, draw_switches, jump, land
 from tsdfm.flow.path import check_source
 from tsdfm.flow.rng import categorical
 from tsdfm.flow.scheduler import Scheduler
+from tsdfm.models.latent import draw_latent, latent_codes_of
 
 __all__ = ["SampleResult", "categorical", "filter_logits", "jump", "sample"]
 
@@ -105,8 +112,19 @@ def _check_inputs(x0: Tensor, mask_id: int, clamp: Tensor | None) -> Tensor | No
     return clamp
 
 
-def _forward(model_fn: ModelFn, x: Tensor, t: Tensor, dt: Tensor, num_classes: int) -> Tensor:
-    logits = model_fn(x, t, dt)
+def _forward(
+    model_fn: ModelFn,
+    x: Tensor,
+    t: Tensor,
+    dt: Tensor,
+    num_classes: int,
+    generator: torch.Generator,
+    latent_codes: int = 0,
+) -> Tensor:
+    if latent_codes:
+        logits = model_fn(x, t, dt, draw_latent(x.shape[0], latent_codes, generator, x.device))
+    else:
+        logits = model_fn(x, t, dt)
     expected = (*x.shape, num_classes)
     if tuple(logits.shape) != expected:
         raise TsdfmError(
@@ -191,10 +209,19 @@ def sample(
             "cache=True is only valid for the mask source (a uniform-source model's output "
             "changes with every step); use cache=False"
         )
+    latent_codes = latent_codes_of(model_fn)
+    if cache and latent_codes:
+        raise TsdfmError(
+            "cache=True cannot be used with a mixture student (a fresh latent every step "
+            "changes its output); use cache=False"
+        )
     clamp = _check_inputs(x0, mask_id, clamp)
     filter_logits(torch.zeros(1), top_k, top_p, temperature)  # validate before any model call
     starts, sizes = _time_grid(steps, time_grid)
-    at_jumps = jump_rule == "exact" and not cache and supports_positions(model_fn)
+    # a mixture student's code enters the whole body: it takes the full forward (one pass)
+    at_jumps = (
+        jump_rule == "exact" and not cache and not latent_codes and supports_positions(model_fn)
+    )
     if head_at_jumps is not None:
         at_jumps = at_jumps and bool(head_at_jumps)
 
@@ -231,7 +258,7 @@ def sample(
                 x = land(x, switch, logits, generator)
             else:
                 if not cache or cached is None:
-                    logits = _forward(model_fn, x, t_vec, dt_vec, mask_id)
+                    logits = _forward(model_fn, x, t_vec, dt_vec, mask_id, generator, latent_codes)
                     nfe_actual += 1
                     rows_forwarded += batch
                     if cache:

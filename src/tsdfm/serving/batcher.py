@@ -42,6 +42,7 @@ from tsdfm.flow.jump import draw_switches, land
 from tsdfm.flow.sampler import supports_positions
 from tsdfm.generation import can_cache
 from tsdfm.inference import autocast
+from tsdfm.models.latent import draw_latent, latent_codes_of
 from tsdfm.serving.schemas import Limits, RequestError
 
 Emit = Callable[[tuple], None]
@@ -99,7 +100,8 @@ class Batcher:
         self.device = next(model.parameters()).device
         self.scheduler = make_scheduler(self.config.scheduler, self.config.exponent)
         self.cacheable = can_cache(model)
-        self.at_jumps = not self.cacheable and supports_positions(model)
+        self.latent_codes = latent_codes_of(model)
+        self.at_jumps = not self.cacheable and not self.latent_codes and supports_positions(model)
         self._inbox: queue.Queue[Job] = queue.Queue()
         self._backlog: deque[Job] = deque()
         self._active: list[Job] = []
@@ -299,17 +301,20 @@ class Batcher:
 
     def _forward(self, jobs: list[Job], picks: list, where: list[int], parts: list) -> None:
         """One batched forward of ``jobs`` (same length); their logits go to ``parts[where]``."""
-        xs, ts, dts = [], [], []
+        xs, ts, dts, zs = [], [], [], []
         for job, rows in zip(jobs, picks, strict=True):
             x = job.x if rows is None else job.x[rows]
             xs.append(x)
             ts.append(torch.full((x.shape[0],), job.k / job.steps, device=self.device))
             dts.append(torch.full((x.shape[0],), 1.0 / job.steps, device=self.device))
+            if self.latent_codes:  # a mixture student: this job's latents, from its own generator
+                zs.append(draw_latent(x.shape[0], self.latent_codes, job.generator, self.device))
         sizes = [x.shape[0] for x in xs]
         if not sum(sizes):
             return
+        latent = (torch.cat(zs),) if zs else ()
         with autocast(self.device, self.dtype):
-            logits = self.model(torch.cat(xs), torch.cat(ts), torch.cat(dts))
+            logits = self.model(torch.cat(xs), torch.cat(ts), torch.cat(dts), *latent)
         for i, part in zip(where, logits.float().split(sizes), strict=True):
             parts[i] = part
         self.stats["forward_rows"] += sum(sizes)

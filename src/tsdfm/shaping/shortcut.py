@@ -165,9 +165,16 @@ def shortcut_target(
     temperature: float = 1.0,
     committed: str = "denoiser",
     carry_over: bool = True,
-) -> Tensor:
+    return_sample: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Target log-probabilities ``[B, L, C]`` (float32) for a step of size ``dt`` from ``x_t``
-    (module docstring: ``heun``/``probs`` is the exact two-half-step composition)."""
+    (module docstring: ``heun``/``probs`` is the exact two-half-step composition).
+
+    ``return_sample`` (``heun``/``probs`` only; the mixture student's joint target,
+    ``tsdfm.training.mixture``): also return ``y [B, L]``, the end of the two chained half
+    steps, i.e. a blind jump from ``m1`` with ``k2`` over the second half. Its per-position law
+    is, in expectation over ``m1``, the target above, and its *joint* law is the composition's.
+    It is drawn after everything else, so the target is the same with or without it."""
     if not temperature > 0:
         raise TsdfmError(f"target temperature must be > 0, got {temperature}")
     check_target_options(committed, space, source, method)
@@ -191,7 +198,12 @@ def shortcut_target(
         )
         if temperature != 1.0:
             logp = torch.log_softmax(logp / temperature, dim=-1)
+        if return_sample:
+            end = jump(m1, k2, (t + h).double(), h.double(), scheduler, source, mask_id, generator)
+            return logp, end
         return logp
+    if return_sample:
+        raise TsdfmError("return_sample needs the exact composition (heun / probs)")
     if method == "heun":
         ks, weights = [k1, k2], [0.5, 0.5]
     else:

@@ -12,7 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tsdfm.flow import cross_entropy, generalized_kl, make_scheduler, sample_path, sample_time
+from tsdfm.flow import (
+    cross_entropy,
+    generalized_kl,
+    jump,
+    make_scheduler,
+    sample_path,
+    sample_time,
+)
 
 
 class Objective(Protocol):
@@ -148,23 +155,32 @@ class ShortcutObjective:
                 value.to(device)
         return self
 
-    def targets(self, x_t, t, dt, generator):
+    def target_model_fn(self, generator):
+        """The network the shortcut targets are built from (the EMA student, or the teacher
+        before the trainer binds it), as ``fn(x, t, h)``."""
+        ema = self.target_model if self.target_model is not None else self.teacher
+        return lambda x, tt, hh: ema(x, tt, hh)
+
+    def targets(self, x_t, t, dt, generator, sample: bool = False):
+        """``(target log-probs [B, L, C], anchor rows [B])``; with ``sample`` also ``y [B, L]``,
+        one draw of the step's joint law (the anchor's jump on anchor rows, the end of the two
+        chained half steps elsewhere; drawn after the targets, so these do not change)."""
         from tsdfm.shaping import shortcut_target
 
         n = self.cfg.teacher_steps
         anchor = dt <= (1.0 / n) * 1.0001
         target = torch.empty(*x_t.shape, self.num_classes, device=x_t.device)
+        y = x_t.clone() if sample else None
         with torch.no_grad():
             if anchor.any():
                 a = anchor.nonzero().squeeze(1)
                 target[a] = torch.log_softmax(self.anchor(x_t[a], t[a], dt[a]).float(), dim=-1)
             if (~anchor).any():
                 r = (~anchor).nonzero().squeeze(1)
-                ema = self.target_model if self.target_model is not None else self.teacher
                 if self.navigator is not None:
                     self.navigator.begin_target()
-                target[r] = shortcut_target(
-                    lambda x, tt, hh: ema(x, tt, hh),
+                out = shortcut_target(
+                    self.target_model_fn(generator),
                     x_t[r],
                     t[r],
                     dt[r],
@@ -178,11 +194,22 @@ class ShortcutObjective:
                     temperature=self.cfg.target_temperature,
                     committed=self.committed,
                     carry_over=self.cfg.carry_over,
+                    return_sample=sample,
                 )
-        return target, anchor
+                if sample:
+                    target[r], y[r] = out
+                else:
+                    target[r] = out
+            if sample and anchor.any():
+                y[a] = jump(
+                    x_t[a], target[a], t[a].double(), dt[a].double(), self.scheduler,
+                    self.source, self.mask_id, generator,
+                )  # fmt: skip
+        return (target, anchor, y) if sample else (target, anchor)
 
-    def __call__(self, model, x1, generator):
-        from tsdfm.shaping import distillation_loss, sample_step_and_time
+    def draw_rows(self, x1, generator):
+        """``(dt, t, x_t)`` for a batch of clean rows: step sizes, start times, path states."""
+        from tsdfm.shaping import sample_step_and_time
 
         dt, t = sample_step_and_time(
             x1.shape[0], self.cfg.teacher_steps, self.cfg.dt_weights, generator
@@ -190,17 +217,27 @@ class ShortcutObjective:
         x_t = sample_path(
             x1, t, self.scheduler, self.source, self.mask_id, self.num_classes, generator
         )
+        return dt, t, x_t
+
+    def step_targets(self, model, x_t, t, dt, generator, sample: bool = False):
+        """:meth:`targets`, with the navigator's statistics paused on validation calls."""
         if self.navigator is not None and not model.training:
             with self.navigator.paused():
-                target, anchor = self.targets(x_t, t, dt, generator)
-        else:
-            target, anchor = self.targets(x_t, t, dt, generator)
-        positions = (
-            (x_t == self.mask_id)
-            if self.source == "mask"
-            else torch.ones_like(x_t, dtype=torch.bool)
-        )
-        loss = distillation_loss(model(x_t, t, dt), target, positions)
+                return self.targets(x_t, t, dt, generator, sample)
+        return self.targets(x_t, t, dt, generator, sample)
+
+    def changeable(self, x_t):
+        """The positions a step can still change: masked ones (mask source), all (uniform)."""
+        if self.source == "mask":
+            return x_t == self.mask_id
+        return torch.ones_like(x_t, dtype=torch.bool)
+
+    def __call__(self, model, x1, generator):
+        from tsdfm.shaping import distillation_loss
+
+        dt, t, x_t = self.draw_rows(x1, generator)
+        target, anchor = self.step_targets(model, x_t, t, dt, generator)
+        loss = distillation_loss(model(x_t, t, dt), target, self.changeable(x_t))
         metrics = {"anchor_frac": float(anchor.float().mean())}
         if self.navigator is not None and model.training:
             metrics.update(self.navigation_metrics())

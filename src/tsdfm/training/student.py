@@ -16,6 +16,7 @@ from tsdfm.errors import TsdfmError
 from tsdfm.models import Denoiser, build_student, count_parameters, load_pretrained
 from tsdfm.shaping.shortcut import check_target_options
 from tsdfm.training.loop import Trainer
+from tsdfm.training.mixture import MixtureObjective
 from tsdfm.training.objectives import ShortcutObjective
 from tsdfm.training.stage_checks import checked_recorder
 from tsdfm.training.teacher import prepare_run_dir, world_note
@@ -112,10 +113,13 @@ def shaping_setup(
     ``navigate=False`` is blind distillation (the plain midpoint jump). Otherwise the midpoint
     jump is the navigator's, also for K = 1 (the ablation row on the same code path); ``method``
     is "shaped" only for K > 1. ``name`` is the default output directory name (suffixed
-    ``-exact-anchor`` when ``student.anchor=oracle``, so it never overwrites a teacher-anchored run).
+    ``-exact-anchor`` when ``student.anchor=oracle``, so it never overwrites a teacher-anchored run;
+    ``-mixture`` before it for ``student.kind=mixture``).
     """
     sh = cfg.student.shaping
-    suffix = "-exact-anchor" if cfg.student.anchor == "oracle" else ""
+    suffix = ("-mixture" if cfg.student.kind == "mixture" else "") + (
+        "-exact-anchor" if cfg.student.anchor == "oracle" else ""
+    )
     kind = cfg.student.midpoint
     if kind != "model":
         if navigate:
@@ -172,6 +176,12 @@ def midpoint_setup(
     return jump_fn, "blind", {"midpoint": kind}, f"student-midpoint-{kind}" + suffix
 
 
+def mixture_extra(st) -> dict:
+    """What ``config.json`` records of a mixture student's training (``extra``); the number of
+    codes itself is the config's ``latent_codes``."""
+    return {"kind": "mixture", "joint_weight": st.joint_weight}
+
+
 def train_student(
     cfg: ExperimentConfig,
     teacher_dir: Path,
@@ -198,7 +208,8 @@ def train_student(
     if scfg.num_threads:
         torch.set_num_threads(scfg.num_threads)
     torch.manual_seed(scfg.seed)
-    student = build_student(teacher, str(teacher_dir))
+    mixture = st.kind == "mixture"
+    student = build_student(teacher, str(teacher_dir), st.latent_codes if mixture else 0)
     prepare_run_dir(out_dir, resume, student)
     student.config.extra.update(
         {
@@ -211,10 +222,15 @@ def train_student(
             "midpoint": cfg.student.midpoint,
             "teacher_steps": cfg.student.teacher_steps,
             "dt_weights": cfg.student.dt_weights,
+            **(mixture_extra(st) if mixture else {}),
             **(extra or {}),
         }
     )
-    objective = ShortcutObjective(
+    objective_cls, options = ShortcutObjective, {}
+    if mixture:
+        objective_cls = MixtureObjective
+        options = dict(latent_codes=st.latent_codes, joint_weight=st.joint_weight)
+    objective = objective_cls(
         teacher,
         cfg.student,
         student.config.mask_id,
@@ -222,11 +238,13 @@ def train_student(
         jump_fn,
         stats_every=scfg.log_every * scfg.grad_accum_steps,  # calls per logged interval
         anchor=anchor,
+        **options,
     )
     student.config.extra["target_committed"] = objective.committed  # "auto", resolved
     if ctx.is_main:
         print(
-            f"[student:{method}] {count_parameters(student) / 1e6:.2f}M parameters from "
+            f"[student:{method}{'/mixture' if mixture else ''}] "
+            f"{count_parameters(student) / 1e6:.2f}M parameters from "
             f"{teacher_dir}; target={cfg.student.target}/{cfg.student.target_space}, dt weights="
             f"{cfg.student.dt_weights}"
             + (", anchor=exact denoiser" if anchor is not None else "")

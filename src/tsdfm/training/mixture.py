@@ -1,0 +1,159 @@
+"""The mixture student's objective (``student.kind=mixture``): one step that samples a joint.
+
+**Why a product step is capped.** A product student commits the positions of one step
+independently given ``x_t``: its step law is ``P(y | x) = prod_i P_i(y_i | x)``. The law it is
+distilled from, the teacher's composed fine steps ``C(y | x)``, is not a product: a position
+committed early in the step is read by the later fine steps, so positions committed together
+are correlated. The closest product to ``C`` (in ``KL(C || P)``) is the product of ``C``'s own
+marginals, and the gap is ``C``'s total correlation ``TC(C) = sum_i H(C_i) - H(C) > 0`` per step,
+whatever the training recipe: per-position (marginal) losses see only the ``C_i``. Summed over
+``S`` steps the error is of order ``1/S`` (Di4C, arXiv 2410.08709, Theorem 1).
+
+**The mixture step.** The network also takes a latent code ``z`` uniform on ``K`` values
+(``latent_codes``; one draw per sample per step, ``tsdfm.models.latent``). Given ``z`` a step is
+a product; the step law is the mixture
+
+    P(y | x) = (1/K) sum_z prod_i l_i(y_i | z),   l_i(y_i | z) = (1 - q) [y_i = x_i] + q s_{z,i}(y_i)
+
+over the changeable positions ``i`` (masked ones for the mask source, all for the uniform
+source), ``q = q(t, dt)`` the switch probability and ``s_{z,i} = softmax(f(x, t, dt, z))_i``.
+Which positions switch is independent of ``z``; the values they land on are correlated through
+it. Sampling cost: one forward pass per step and one integer draw per sample per step.
+
+**What the objective optimises.** ``E_y[-log P(y | x)]`` with ``y`` one draw of the composed
+law: the end of the two chained half steps that the exact target already draws
+(``shortcut_target(..., return_sample=True)``; the anchor's own jump on the ``dt = 1/N`` rows).
+In expectation this is ``KL(C || P) + H(C)``: the *joint* law of the student's step is pulled
+onto the composition's, and up the step-size chain (``dt``'s target is built from the EMA
+student at ``dt / 2``, itself a mixture) the correlations of ever longer compositions reach the
+big steps, as in Di4C's consistency loss. Every code is evaluated on every row, so
+``log P(y)`` is exact (a log-sum-exp over the ``K`` codes). (A Gaussian latent estimated with a
+few draws gives only a lower bound whose bias penalises the spread between draws; on the
+L = 2 test chain it kept the draws from separating at all, so the codes are finite.) Variance
+is cut as Di4C does (a control variate): the per-position part of ``-log P`` is replaced by its
+exact expectation, the KL of the exact per-position target to the student's per-position law
+``sbar_i = (1/K) sum_z s_{z,i}``; only the *correlation* part uses the sample:
+
+    loss = mean_i KL(target_i || sbar_i) + w * [-log P(y) + sum_i log lbar_i(y_i)] / n
+
+with ``lbar_i = (1/K) sum_z l_i(y_i | z)`` and ``n`` the number of changeable positions. The
+bracket is minus the student's pointwise total correlation at ``y`` (logged as ``mix_pmi``, its
+negative, in nats per row: above 0 when the student puts more mass on ``y`` than the product of
+its own marginals does). For the mask source ``E_y[-log lbar_i(y_i)] = q CE(target_i, sbar_i) +
+const``, so the expected loss is ``(1 - w q) sum_i CE_i / n + w E[-log P(y)] / n + const``:
+both parts are minimised by ``P = C``, so the objective is proper for ``0 <= w <= 1``
+(``joint_weight``; ``w = 0`` trains the per-position law only and leaves the codes unused).
+
+**Cost.** Training: the targets as for the product student, plus one jump for ``y``; the student's
+forward and backward on ``K`` copies of each row, so about ``K`` times the product student's
+student-side compute. Sampling: unchanged (one pass per step).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from tsdfm.flow import switch_probability
+from tsdfm.models.latent import draw_latent, latent_codes_of
+from tsdfm.training.objectives import ShortcutObjective
+
+
+def step_log_likelihoods(
+    logs: Tensor, x: Tensor, y: Tensor, q: Tensor, source: str, mask_id: int, changeable: Tensor
+) -> Tensor:
+    """``log l_i(y_i | z)`` ``[K, B, L]`` from the student's log-probs ``logs [K, B, L, C]``
+    (module doc); 0 at positions that cannot change. ``q [B]`` is the step's switch probability.
+
+    Mask source: ``log q + log s(y_i)`` where ``y_i`` is committed, ``log(1 - q)`` where it stays
+    masked. Uniform source: ``logaddexp(log(1 - q) [y_i = x_i], log q + log s(y_i))``."""
+    num_classes = logs.shape[-1]
+    safe = torch.where(y < num_classes, y, 0)
+    landed = logs.gather(-1, safe.expand(logs.shape[0], -1, -1).unsqueeze(-1)).squeeze(-1)
+    q = q.to(logs.dtype).view(1, -1, 1)
+    log_q, log_stay = q.log(), torch.log1p(-q)
+    if source == "mask":
+        ll = torch.where(y == mask_id, log_stay.expand_as(landed), log_q + landed)
+    else:
+        stay = torch.where(y == x, log_stay, torch.full_like(log_stay, float("-inf")))
+        ll = torch.logaddexp(stay.expand_as(landed), log_q + landed)
+    return torch.where(changeable, ll, torch.zeros_like(ll))
+
+
+def mixture_losses(
+    logits: Tensor,
+    target_logp: Tensor,
+    x: Tensor,
+    y: Tensor,
+    q: Tensor,
+    changeable: Tensor,
+    source: str,
+    mask_id: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(marginal, correlation, pmi)`` for a batch under all ``K`` codes (module doc).
+
+    ``logits [K, B, L, C]``: the student on the same rows under each code ``z``;
+    ``target_logp [B, L, C]``: the exact per-position target; ``y [B, L]``: one draw of the
+    composed step from ``x``; ``q [B]``. ``marginal``: mean over changeable positions of
+    ``KL(target || sbar)``; ``correlation``: ``sum_rows [-log P(y) + sum_i log lbar_i(y_i)]``
+    over the number of changeable positions; ``pmi``: minus the bracket, mean over rows (no
+    gradient)."""
+    logs = torch.log_softmax(logits.float(), dim=-1)
+    log_m = math.log(logits.shape[0])
+    log_sbar = torch.logsumexp(logs, dim=0) - log_m
+    p = target_logp.exp()
+    w = changeable.float()
+    count = w.sum().clamp_min(1.0)
+    marginal = ((p * (target_logp - log_sbar)).sum(-1) * w).sum() / count
+    ll = step_log_likelihoods(logs, x, y, q, source, mask_id, changeable)  # [K, B, L]
+    joint = torch.logsumexp(ll.sum(-1), dim=0) - log_m  # [B]
+    product = (torch.logsumexp(ll, dim=0) - log_m).sum(-1)  # [B]
+    correlation = (product - joint).sum() / count
+    return marginal, correlation, (joint - product).detach().mean()
+
+
+class MixtureObjective(ShortcutObjective):
+    """:class:`ShortcutObjective` for a mixture student: the same rows, anchors and exact
+    per-position targets, plus one draw ``y`` of the composed step and the student under every
+    code (module doc). Metrics: ``anchor_frac``, ``mix_marginal`` and ``mix_corr`` (the two loss
+    terms) and ``mix_pmi`` (the student's pointwise total correlation at ``y``, nats per row)."""
+
+    def __init__(self, *args, latent_codes: int, joint_weight: float, **kw):
+        super().__init__(*args, **kw)
+        self.codes, self.joint_weight = latent_codes, joint_weight
+
+    def target_model_fn(self, generator):
+        """The EMA mixture student, with one code per row from the training generator."""
+        ema = self.target_model if self.target_model is not None else self.teacher
+        if latent_codes_of(ema) != self.codes:
+            return super().target_model_fn(generator)  # the teacher, before the EMA is bound
+        k = self.codes
+        return lambda x, tt, hh: ema(x, tt, hh, draw_latent(x.shape[0], k, generator, x.device))
+
+    def __call__(self, model, x1, generator):
+        dt, t, x_t = self.draw_rows(x1, generator)
+        target, anchor, y = self.step_targets(model, x_t, t, dt, generator, sample=True)
+        b, k = x_t.shape[0], self.codes
+        z = torch.arange(k, device=x_t.device).repeat_interleave(b)
+        logits = model(x_t.repeat(k, 1), t.repeat(k), dt.repeat(k), z)
+        logits = logits.view(k, b, *logits.shape[1:])
+        q = switch_probability(t, dt, self.scheduler, x_t.device)
+        changeable = self.changeable(x_t)
+        marginal, correlation, pmi = mixture_losses(
+            logits, target, x_t, y, q, changeable, self.source, self.mask_id
+        )
+        loss = marginal + self.joint_weight * correlation
+        metrics = {
+            "anchor_frac": float(anchor.float().mean()),
+            "mix_marginal": float(marginal.detach()),
+            "mix_corr": float(correlation.detach()),
+            "mix_pmi": float(pmi),
+        }
+        if self.navigator is not None and model.training:
+            metrics.update(self.navigation_metrics())
+        return loss, metrics
+
+
+__all__ = ["MixtureObjective", "mixture_losses", "step_log_likelihoods"]
