@@ -59,3 +59,35 @@ def test_compact_samples_converts_a_folder_and_rewrites_results(tmp_path, load_s
         "teacher_8.jsonl.gz",
         "teacher_8.meta.json",
     ]
+
+
+def test_compact_samples_relinks_shared_rows_and_refuses_an_unconverted_target(
+    tmp_path, load_script
+):
+    """A row shared by two studies is a link: it becomes a link to the ``.gz`` (never a second
+    copy), only once the folder it points into is converted; a link to a file that was never
+    committed goes, and its row says which file regenerates."""
+    a, b = tmp_path / "a" / "samples", tmp_path / "b" / "samples"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    (a / "teacher_8.jsonl").write_text('{"ids": [1], "text": "x"}\n')
+    (b / "teacher_8.jsonl").symlink_to("../../a/samples/teacher_8.jsonl")
+    (b / "mid_8.jsonl").symlink_to("teacher_8.jsonl")  # a link to a link
+    (b / "gone_8.jsonl").symlink_to("../../a/samples/never_8.jsonl")
+    rows = [{"samples": f"samples/{n}_8.jsonl"} for n in ("teacher", "mid", "gone")]
+    (tmp_path / "b" / "results.json").write_text(json.dumps({"rows": rows}))
+    script = load_script("compact_samples")
+    with pytest.raises(SystemExit, match="convert its folder first"):
+        script.compact(tmp_path / "b", drop=[])
+    assert script.compact(tmp_path / "a", drop=[]) == (1, 0)
+    assert script.compact(tmp_path / "b", drop=[]) == (2, 1)
+    assert (b / "teacher_8.jsonl.gz").is_symlink() and (b / "mid_8.jsonl.gz").is_symlink()
+    assert (b / "teacher_8.jsonl.gz").resolve() == (a / "teacher_8.jsonl.gz").resolve()
+    assert sorted(p.name for p in b.iterdir()) == ["mid_8.jsonl.gz", "teacher_8.jsonl.gz"]
+    rows = json.loads((tmp_path / "b" / "results.json").read_text())["rows"]
+    assert [r["samples"] for r in rows[:2]] == [
+        "samples/teacher_8.jsonl.gz",
+        "samples/mid_8.jsonl.gz",
+    ]
+    assert rows[2]["samples"] is None and "samples/gone_8.jsonl" in rows[2]["samples_dropped"]
+    assert read_samples(tmp_path / "b" / rows[1]["samples"])[1] == ["x"]
