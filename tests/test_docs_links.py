@@ -6,6 +6,7 @@ silently cuts a report off from the index, so the whole tree is checked (fast: t
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -42,3 +43,17 @@ def test_readme_is_short_and_opens_with_the_two_commands():
     first_block = text.split("```")[1]
     assert "make demo" in first_block and "make test" in first_block
     assert "session" not in text.lower(), "no session numbers in the README (docs/findings.md)"
+
+
+def test_results_rows_name_committed_samples_files():
+    """A row of a committed ``results.json`` names a samples file that exists beside it, or
+    none (``samples_dropped`` then names the file its README regenerates)."""
+    bad = []
+    for path in (ROOT / "docs").rglob("results.json"):
+        for row in json.loads(path.read_text(encoding="utf-8")).get("rows", []):
+            rel = row.get("samples")
+            if rel and not (path.parent / rel).is_file():
+                bad.append(f"{path.relative_to(ROOT)}: {rel}")
+            if not rel and row.get("samples_dropped") is not None:
+                assert "README" in row["samples_dropped"], (path, row["samples_dropped"])
+    assert not bad, "results.json rows name missing samples files:\n" + "\n".join(bad)
