@@ -266,7 +266,9 @@ def sample(
                 else:
                     rows = (x != seen).any(dim=1).nonzero().squeeze(1)
                     if rows.numel():
-                        sub = _forward(model_fn, x[rows], t_vec[rows], dt_vec[rows], mask_id)
+                        sub = _forward(
+                            model_fn, x[rows], t_vec[rows], dt_vec[rows], mask_id, generator
+                        )
                         nfe_actual += 1
                         rows_forwarded += rows.numel()
                         cached[rows] = sub.to(cached.dtype)
