@@ -218,10 +218,7 @@ def sample(
     clamp = _check_inputs(x0, mask_id, clamp)
     filter_logits(torch.zeros(1), top_k, top_p, temperature)  # validate before any model call
     starts, sizes = _time_grid(steps, time_grid)
-    # a mixture student's code enters the whole body: it takes the full forward (one pass)
-    at_jumps = (
-        jump_rule == "exact" and not cache and not latent_codes and supports_positions(model_fn)
-    )
+    at_jumps = jump_rule == "exact" and not cache and supports_positions(model_fn)
     if head_at_jumps is not None:
         at_jumps = at_jumps and bool(head_at_jumps)
 

@@ -120,8 +120,11 @@ class Denoiser(PretrainedMixin, nn.Module):
             cond = e if cond is None else cond + e
         return cond
 
-    # The sampler may ask for logits at selected positions only (``forward(..., positions=)``).
-    supports_positions = True
+    @property
+    def supports_positions(self) -> bool:
+        """The sampler may ask for logits at selected positions only (``forward(...,
+        positions=)``); a mixture student's code enters every position, so it may not."""
+        return self.latent_emb is None
 
     def latent(self, z: torch.Tensor | None, rows: int, device: torch.device) -> torch.Tensor:
         """The code's embedding ``[B, 1, dim]`` (``z`` drawn from the global generator when

@@ -101,7 +101,7 @@ class Batcher:
         self.scheduler = make_scheduler(self.config.scheduler, self.config.exponent)
         self.cacheable = can_cache(model)
         self.latent_codes = latent_codes_of(model)
-        self.at_jumps = not self.cacheable and not self.latent_codes and supports_positions(model)
+        self.at_jumps = not self.cacheable and supports_positions(model)
         self._inbox: queue.Queue[Job] = queue.Queue()
         self._backlog: deque[Job] = deque()
         self._active: list[Job] = []

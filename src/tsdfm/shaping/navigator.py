@@ -238,7 +238,7 @@ def build_navigator(
         shaping.tau,
         c.source,
         c.mask_id,
-        getattr(shaping, "t_start", 0.0),
+        shaping.t_start,
     )
 
 
