@@ -84,3 +84,16 @@ def test_draw_samples_validates_every_input(
 def test_bad_sampling_inputs_are_named(model_and_tokenizer, kw, message):
     with pytest.raises(TsdfmError, match=message):
         draw_samples(None, progress=False, model_and_tokenizer=model_and_tokenizer, **kw)
+
+
+@pytest.mark.slow
+def test_a_compiled_model_draws_the_same_samples(model_and_tokenizer):
+    """``draw_samples`` takes a ``torch.compile`` wrapper (benchmarks/speed.py --variants compile)
+    and draws what the eager module draws: same uniforms, same positions, same landing tokens."""
+    from tsdfm.inference import maybe_compile
+
+    model, tok = model_and_tokenizer
+    kw = dict(steps=3, num=4, seed=5, batch_size=4, progress=False, cache=False)
+    eager = draw_samples(None, model_and_tokenizer=(model, tok), **kw)
+    compiled = draw_samples(None, model_and_tokenizer=(maybe_compile(model, True), tok), **kw)
+    assert torch.equal(eager.ids, compiled.ids)

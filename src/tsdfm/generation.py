@@ -129,7 +129,8 @@ def draw_samples(
     dev = next(model.parameters()).device
     per_batch = ctx.enabled if seed_per_batch is None else bool(seed_per_batch)
     gen = make_generator(seed, dev)
-    is_causal = isinstance(model, CausalLM)
+    inner = getattr(model, "_orig_mod", model)  # a torch.compile wrapper samples as its module
+    is_causal = isinstance(inner, CausalLM)
     if is_causal and temperature != 1.0:
         raise TsdfmError(f"{model_dir} is a causal LM: sampling temperature applies to denoisers")
     use_cache = False if is_causal else can_cache(model, cache)
@@ -150,7 +151,7 @@ def draw_samples(
             ids = model.generate(b, length, gen, use_cache=True)
             results.append((k, ids.cpu(), length, length, float(length * b)))
             continue
-        assert isinstance(model, Denoiser)
+        assert isinstance(inner, Denoiser)
         x0 = sample_source((b, length), cfg.source, cfg.mask_id, cfg.num_classes, gen, dev)
         res = sample_denoiser(model, x0, steps, gen, progress=show, **sampler_kw)
         results.append((k, res.ids.cpu(), res.nfe_nominal, res.nfe_actual, res.nfe_per_sample * b))
