@@ -6,7 +6,8 @@ device and thread count, for the same batch: the student at 1/2/4/8/16 steps, th
 forward passes to about L, so the honest speed-up is against the cached teacher), and the
 autoregressive baseline with its KV cache. Every call goes through
 :func:`tsdfm.generation.draw_samples`, the code path evaluation uses, so the figures are those
-of the report. Each row: warm-up, then the median of ``--repeats`` timed runs (seeds 0, 1, ...),
+of the report. Each row: warm-up, then the median of ``--repeats`` timed runs (seeds 0, 1, ...;
+timed round-robin across rows, so a drifting load falls on every row alike),
 ms per sample, tokens/s, nominal and actual forward passes (NFE).
 
 Without model directories (or with ``--random``) the models are randomly initialised with the
@@ -106,20 +107,18 @@ def load_models(args: argparse.Namespace, cfg: ExperimentConfig) -> tuple[dict, 
     return models, sources
 
 
-def time_row(
+def prepare_row(
     name, model_tok, steps, batch, cache, seq_len, args, repeats=None, precision="fp32",
     compiled=False, full_head=False,
 ) -> dict:  # fmt: skip
-    """Warm-up, then ``repeats`` timed draw_samples calls; the sampler's own clock is used.
+    """One row to time: its settings and ``call(n_steps, seed) -> sampler meta``.
 
     ``precision="bf16"`` runs the calls under bf16 autocast (the forward pass only: the jump's
     draws are float64 either way); ``compiled`` samples with ``torch.compile(model)``;
     ``full_head`` turns the sampler's head-at-jumps off (the full ``[B, L, V]`` head each step,
     as before it existed), the in-run reference for what computing it at moving positions saves.
     """
-    repeats = repeats or args.repeats
     model = model_tok[0]
-    is_ar = isinstance(model, CausalLM)
     dtype = sampling_dtype(precision, "cpu")
     if compiled:
         model_tok = (maybe_compile(model, True), model_tok[1])
@@ -133,26 +132,53 @@ def time_row(
             )  # fmt: skip
         return s.meta
 
-    for w in range(args.warmup):
-        call(steps if is_ar else min(steps, WARMUP_MAX_STEPS), 10_000 + w)
-    metas = [call(steps, r) for r in range(repeats)]
+    return {
+        "model": name, "steps": steps, "batch": batch, "cache": cache, "precision": precision,
+        "compiled": compiled, "is_ar": isinstance(model, CausalLM),
+        "repeats": repeats or args.repeats, "call": call, "metas": [],
+    }  # fmt: skip
+
+
+def measure(rows: list[dict], args) -> list[dict]:
+    """Warm every row up, then time them **round-robin**: round r runs each row once with seed r.
+
+    On a shared machine the load drifts over a run; timing one row's repeats back to back puts
+    a busy minute on one row only, while rounds spread it over every row, so the in-run ratios
+    the results are quoted as stay comparable. Same seeds as row-by-row timing, same samples.
+    """
+    for row in rows:
+        for w in range(args.warmup):  # per-step work does not change with the step count
+            row["call"](
+                row["steps"] if row["is_ar"] else min(row["steps"], WARMUP_MAX_STEPS), 10_000 + w
+            )
+    for r in range(max(row["repeats"] for row in rows)):
+        for row in rows:
+            if r < row["repeats"]:
+                row["metas"].append(row["call"](row["steps"], r))
+        print(f"round {r + 1} timed", file=sys.stderr)
+    return [summarise(row) for row in rows]
+
+
+def summarise(row: dict) -> dict:
+    """The row's median over its timed runs (the sampler's own clock), ms/sample, tokens/s, NFE."""
+    metas, batch = row["metas"], row["batch"]
     secs = [m["seconds"] for m in metas]
     med = statistics.median(secs)
     return {
-        "model": name,
+        "model": row["model"],
         "steps": metas[0]["steps"],
         "batch": batch,
-        "precision": precision,
-        "compiled": compiled,
+        "precision": row["precision"],
+        "compiled": row["compiled"],
         "head_at_jumps": metas[0]["sampler"].get("head_at_jumps"),
         "forward_cache": metas[0]["sampler"]["forward_cache"],
         "nfe_nominal": metas[0]["nfe_nominal"],
         "nfe_actual": statistics.mean(m["nfe_actual"] for m in metas),
         "seconds_median": med,
         "seconds_runs": secs,
-        "repeats": repeats,
+        "repeats": len(secs),
         "ms_per_sample": 1000 * med / batch,
-        "tokens_per_second": batch * seq_len / med,
+        "tokens_per_second": batch * metas[0]["seq_len"] / med,
     }
 
 
@@ -207,33 +233,36 @@ def run(args: argparse.Namespace) -> dict:
     cfg = load_config(args.config)
     models, sources = load_models(args, cfg)
     seq_len = args.seq_len or models["teacher"][0].config.max_len
-    rows = []
+    todo = []
     for b in args.batch_sizes:
         for steps in args.student_steps:
-            rows.append(time_row("student", models["student"], steps, b, False, seq_len, args))
+            todo.append(prepare_row("student", models["student"], steps, b, False, seq_len, args))
         for variant in args.variants:  # bf16 autocast / torch.compile at the headline steps
-            rows.append(
-                time_row(
+            todo.append(
+                prepare_row(
                     "student", models["student"], args.headline_steps, b, False, seq_len, args,
                     precision="bf16" if variant == "bf16" else "fp32",
                     compiled=variant == "compile", full_head=variant == "full-head",
                 )
             )  # fmt: skip
-        rows.append(time_row("ar", models["ar"], seq_len, b, True, seq_len, args))
-        print(f"batch {b}: student and AR done", file=sys.stderr)
+        todo.append(prepare_row("ar", models["ar"], seq_len, b, True, seq_len, args))
         if args.skip_teacher:
             continue
         teacher = models["teacher"]
-        rows.append(
-            time_row(
+        todo.append(
+            prepare_row(
                 "teacher", teacher, args.teacher_steps, b, False, seq_len, args,
                 repeats=args.teacher_repeats,
             )
         )  # fmt: skip
-        cached = time_row("teacher", teacher, args.teacher_steps, b, True, seq_len, args)
-        if cached["forward_cache"]:  # a time-conditioned (uniform-source) teacher cannot cache
-            rows.append(cached)
-        print(f"batch {b} done", file=sys.stderr)
+        todo.append(prepare_row("teacher", teacher, args.teacher_steps, b, True, seq_len, args))
+    # a time-conditioned (uniform-source) teacher cannot cache: its "cached" row is dropped
+    measured = zip(measure(todo, args), todo, strict=True)
+    rows = [
+        r
+        for r, spec in measured
+        if not (spec["model"] == "teacher" and spec["cache"] and not r["forward_cache"])
+    ]
     return {
         "benchmark": "speed",
         "config": args.config,

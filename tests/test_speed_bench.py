@@ -120,3 +120,24 @@ def test_full_head_variant_row(speed, tmp_path):
     assert rows == [("student", True), ("student", False), ("ar", None)]
     assert "student8_head_at_jumps_vs_full_head" in result["speedups"]["2"]
     assert "student (full head)" in (tmp_path / "speed-quick.md").read_text()
+
+
+def test_rows_are_timed_round_robin(speed):
+    """A drifting load must fall on every row alike: round r times each row once (seed r), and
+    a row with fewer repeats (the uncached teacher) drops out of the later rounds only."""
+    calls = []
+
+    def row(name, repeats):
+        def call(steps, seed):
+            calls.append((name, seed))
+            meta = {"seconds": 1.0, "steps": steps, "nfe_nominal": steps, "nfe_actual": steps}
+            return meta | {"seq_len": 4, "sampler": {"forward_cache": False}}
+
+        return {"model": name, "steps": 2, "batch": 1, "cache": False, "precision": "fp32",
+                "compiled": False, "is_ar": False, "repeats": repeats, "call": call, "metas": []}  # fmt: skip
+
+    args = type("Args", (), {"warmup": 1})()
+    out = speed.measure([row("a", 3), row("b", 1), row("c", 3)], args)
+    timed = [c for c in calls if c[1] < 10_000]
+    assert timed == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("c", 1), ("a", 2), ("c", 2)]
+    assert [r["repeats"] for r in out] == [3, 1, 3]
