@@ -42,10 +42,13 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_group(sub, name: str, summary: str, dest: str):
+    """A command with subcommands of its own (``tsdfm train teacher``); one is required."""
+    return sub.add_parser(name, help=summary).add_subparsers(dest=dest, required=True)
+
+
 def _add_data(sub) -> None:
-    data = sub.add_parser("data", help="corpus preparation").add_subparsers(
-        dest="action", required=True
-    )
+    data = _add_group(sub, "data", "corpus preparation", dest="action")
     prep = data.add_parser("prepare", help="fetch/split/tokenize/pack a corpus")
     _add_config(prep)
     prep.add_argument("--out", help="output directory (default runs/<config name>/data)")
@@ -58,9 +61,7 @@ def _add_data(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    train = sub.add_parser("train", help="train a stage").add_subparsers(
-        dest="stage", required=True
-    )
+    train = _add_group(sub, "train", "train a stage", dest="stage")
     teacher = train.add_parser("teacher", help="train the DFM teacher")
     _add_config(teacher)
     teacher.add_argument("--data", help="prepared data dir (default runs/<name>/data)")
@@ -221,9 +222,7 @@ def _add_evaluate(sub) -> None:
 
 
 def _add_evaluators(sub) -> None:
-    evs = sub.add_parser("evaluators", help="pretrained evaluator models").add_subparsers(
-        dest="action", required=True
-    )
+    evs = _add_group(sub, "evaluators", "pretrained evaluator models", dest="action")
     fetch = evs.add_parser("fetch", help="download an evaluator (smollm2: SmolLM2-135M GGUF)")
     fetch.add_argument("model", choices=["smollm2"])
 
