@@ -1,4 +1,5 @@
-"""The ``tsdfm serve`` command line (parser and runner), kept here so cli.py only wires it in."""
+"""The ``tsdfm serve`` command line (parser and runner), kept here so that ``tsdfm.cli``
+only wires it in."""
 
 from __future__ import annotations
 

@@ -213,29 +213,36 @@ class Trainer:
             for j in range(first, first + self.accum)
         ]
         self.generator = self.generators[0]
+        self.net: nn.Module = self._prepare_compute()
+        self.step = 0
+        self.bad_steps = 0
+        self.consecutive_bad = 0
+        self.elapsed = 0.0
+        self.last_saved_step: int | None = None
+
+    def _prepare_compute(self) -> nn.Module:
+        """How the forward runs on this device: precision, TF32, ``torch.compile``, and the
+        DDP wrapper across ranks. Returns the module the training step calls (``self.net``);
+        ``self.model`` stays the bare module whose parameter names the checkpoints use."""
+        cfg = self.cfg
         self.autocast_dtype = distributed.resolve_precision(cfg.precision, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         if cfg.compile:
             self.model.compile()  # in place: parameter names (checkpoints) stay unchanged
-        self.net: nn.Module = self.model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
+        if not self.dist.enabled:
+            return self.model
+        from torch.nn.parallel import DistributedDataParallel
 
-            # Dropout masks must differ between ranks (they see different rows); the global
-            # RNG drives nothing else during training.
-            torch.manual_seed(derive_seed(cfg.seed, 2, self.dist.rank))
-            self.net = DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                **_no_buffer_sync(),
-            )
-        self.step = 0
-        self.bad_steps = 0
-        self.consecutive_bad = 0
-        self.elapsed = 0.0
-        self.last_saved_step: int | None = None
+        # Dropout masks must differ between ranks (they see different rows); the global
+        # RNG drives nothing else during training.
+        torch.manual_seed(derive_seed(cfg.seed, 2, self.dist.rank))
+        return DistributedDataParallel(
+            self.model,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            **_no_buffer_sync(),
+        )
 
     def _stream_seed(self, shard: int) -> int:
         """Shard 0 keeps the run's seed (the one-process stream); others get derived seeds."""
