@@ -25,8 +25,8 @@ def tiny_denoiser(source: str = "mask", length: int = L, dim: int = 32) -> Denoi
 
 
 def save_models(root: Path) -> dict[str, Path]:
-    """A mask teacher (as a run dir), a uniform-source teacher, a student and a mixture student
-    (code embeddings scaled up, so a code drawn differently changes the text)."""
+    """A mask teacher (as a run dir), a uniform-source teacher, a student, a mixture student
+    and a chain student (codes scaled up, so a code drawn differently changes the text)."""
     tok = Tokenizer.identity(V)
     tiny_denoiser("mask").save_pretrained(root / "teacher" / "model", tokenizer=tok)
     tiny_denoiser("uniform").save_pretrained(root / "uniform", tokenizer=tok)
@@ -35,7 +35,11 @@ def save_models(root: Path) -> dict[str, Path]:
     with torch.no_grad():
         mixture.latent_emb.weight.normal_(0, 3.0)
     mixture.save_pretrained(root / "mixture", tokenizer=tok)
-    return {k: root / k for k in ("teacher", "uniform", "student", "mixture")}
+    chain = build_student(tiny_denoiser("mask"), latent_codes=3, latent_chain=True)
+    with torch.no_grad():
+        chain.chain.offsets.weight.normal_(0, 3.0)
+    chain.save_pretrained(root / "chain", tokenizer=tok)
+    return {k: root / k for k in ("teacher", "uniform", "student", "mixture", "chain")}
 
 
 def free_port() -> int:

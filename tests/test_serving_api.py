@@ -55,7 +55,7 @@ def test_health_and_models(client):
     assert client.get("/static/app.js").status_code == 200
 
 
-@pytest.mark.parametrize("model", ["teacher", "uniform", "student", "mixture"])
+@pytest.mark.parametrize("model", ["teacher", "uniform", "student", "mixture", "chain"])
 def test_completion_equals_generator_with_the_same_seed(dirs, model):
     """Batching changes no sample: the server draws exactly what Generator.generate draws."""
     g = Generator.from_pretrained(dirs[model], device="cpu")

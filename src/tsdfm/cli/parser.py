@@ -127,9 +127,10 @@ def _add_student(train) -> None:
     student.add_argument(
         "--kind",
         choices=STUDENT_KINDS,
-        help="product (one step commits positions independently) or mixture (a per-sample "
+        help="product (one step commits positions independently), mixture (a per-sample "
         "latent makes one step a mixture of products, trained on the composed step's joint "
-        "law: docs/mixture.md); default: student.kind",
+        "law) or chain (a chain of latent codes along the positions: a correlation per pair "
+        "of neighbours); docs/mixture.md; default: student.kind",
     )
 
 

@@ -205,7 +205,8 @@ class ShapingConfig:
 
 
 MIDPOINT_KINDS = ("model", "teacher", "exact-marginal", "exact-joint")
-STUDENT_KINDS = ("product", "mixture")
+STUDENT_KINDS = ("product", "mixture", "chain")
+CORRELATED_KINDS = ("mixture", "chain")
 
 
 @dataclass
@@ -249,7 +250,11 @@ class StudentConfig:
     two chained half steps (every code is evaluated on every training row, so the mixture
     likelihood is exact and the student's training compute is ``latent_codes`` times the
     product student's; ``joint_weight`` weighs the correlation term against the per-position
-    KL). It needs the exact composition target (``heun`` x ``probs``, temperature 1).
+    KL). ``chain``: the same objective, but each position has its own code and the codes form
+    a Markov chain along the positions, read by the output layer (``LatentChain``): one body
+    pass trains it (the likelihood is a forward algorithm over the codes) and it can carry a
+    correlation per pair of neighbours, where one shared code carries at most ``log K`` nats
+    per step. Both need the exact composition target (``heun`` x ``probs``, temperature 1).
     """
 
     train: TrainConfig = field(
@@ -299,13 +304,13 @@ class StudentConfig:
             )
         self.shaping.validate(f"{where}.shaping")
         _choice(self, where, "kind", STUDENT_KINDS)
-        if self.kind == "mixture":
+        if self.kind in CORRELATED_KINDS:
             self.validate_mixture(where)
 
     def validate_mixture(self, where: str) -> None:
         if self.latent_codes < 2:
             raise TsdfmError(
-                f"{where}.latent_codes must be >= 2 for {where}.kind=mixture (one code is a "
+                f"{where}.latent_codes must be >= 2 for {where}.kind={self.kind} (one code is a "
                 f"product student), got {self.latent_codes}"
             )
         if not 0 <= self.joint_weight <= 1:
@@ -315,7 +320,7 @@ class StudentConfig:
             )
         if (self.target, self.target_space, self.target_temperature) != ("heun", "probs", 1.0):
             raise TsdfmError(
-                f"{where}.kind=mixture is trained on the exact two-half-step composition: set "
+                f"{where}.kind={self.kind} is trained on the exact two-half-step composition: set "
                 f"{where}.target=heun {where}.target_space=probs {where}.target_temperature=1 "
                 f"(got {self.target} / {self.target_space} / {self.target_temperature:g})"
             )

@@ -25,7 +25,8 @@ model whose output really does not depend on ``t``).
 A mixture student (``config.latent_codes > 0``, docs/mixture.md) gets one latent code
 ``z ~ Uniform{0..K-1}`` per row per step, drawn from ``generator`` just before its forward pass and
 passed as its fourth argument: the step is then a mixture of products over ``z``, at the same
-one forward pass per step. Nothing is drawn for any other model, so their random streams are
+one forward pass per step. A chain student (``config.latent_chain``) gets uniform noise
+``[B, L]`` instead, from which it draws its chain of codes. Nothing is drawn for any other model, so their random streams are
 unchanged. Caching is refused for it (its output changes with every draw).
 """
 
@@ -45,7 +46,7 @@ from tsdfm.flow.jump import JUMP_RULES, draw_switches, jump, land
 from tsdfm.flow.path import check_source
 from tsdfm.flow.rng import categorical
 from tsdfm.flow.scheduler import Scheduler
-from tsdfm.models.latent import draw_latent, latent_codes_of
+from tsdfm.models.latent import draw_model_latent, latent_codes_of
 
 __all__ = ["SampleResult", "categorical", "filter_logits", "jump", "sample"]
 
@@ -122,7 +123,7 @@ def _forward(
     latent_codes: int = 0,
 ) -> Tensor:
     if latent_codes:
-        logits = model_fn(x, t, dt, draw_latent(x.shape[0], latent_codes, generator, x.device))
+        logits = model_fn(x, t, dt, draw_model_latent(model_fn, x, generator))
     else:
         logits = model_fn(x, t, dt)
     expected = (*x.shape, num_classes)

@@ -17,6 +17,10 @@ token can take. Optional conditioning:
   (``LATENT_INIT_STD``), not at zero: with identical codes the mixture likelihood's gradient is
   identical for every code, so they would never separate. A fresh mixture student is therefore
   its teacher up to that perturbation, not exactly.
+* a chain of codes along the positions (``latent_chain``, the chain student of
+  docs/mixture.md, :class:`tsdfm.models.latent.LatentChain`): read by the output layer, after
+  the body, so the network pass is the product student's; ``z`` is then uniform noise
+  ``[B, L]`` from which the codes are drawn.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tsdfm.models.latent import draw_latent
+from tsdfm.models.latent import LatentChain, draw_latent
 from tsdfm.models.layers import Block, ScalarEmbedding, init_weights
 from tsdfm.models.pretrained import PretrainedMixin
 
@@ -48,6 +52,7 @@ class DenoiserConfig:
     time_cond: bool = False
     dt_cond: bool = False
     latent_codes: int = 0
+    latent_chain: bool = False
     source: str = "mask"
     scheduler: str = "polynomial"
     exponent: float = 1.0
@@ -92,7 +97,10 @@ class Denoiser(PretrainedMixin, nn.Module):
                 f"latent_codes = {c.latent_codes}: a latent needs a step-size-conditioned "
                 "student (dt_cond) and at least 1 code (0 = no latent)"
             )
-        self.latent_emb = nn.Embedding(c.latent_codes, c.dim) if c.latent_codes else None
+        if c.latent_chain and not c.latent_codes:
+            raise ValueError("latent_chain needs latent_codes >= 2 (the number of codes)")
+        per_sample = c.latent_codes and not c.latent_chain
+        self.latent_emb = nn.Embedding(c.latent_codes, c.dim) if per_sample else None
         self.blocks = nn.ModuleList(
             Block(c.dim, c.n_heads, c.mlp_ratio, c.max_len, False, c.dropout, c.cond_dim)
             for _ in range(c.n_layers)
@@ -102,6 +110,8 @@ class Denoiser(PretrainedMixin, nn.Module):
         init_weights(self)
         if self.latent_emb is not None:
             nn.init.normal_(self.latent_emb.weight, std=LATENT_INIT_STD)
+        # after init_weights: the chain has its own initialisation (a sticky chain, small offsets)
+        self.chain = LatentChain(c.dim, c.latent_codes) if c.latent_chain else None
 
     @property
     def mask_id(self) -> int:
@@ -123,8 +133,9 @@ class Denoiser(PretrainedMixin, nn.Module):
     @property
     def supports_positions(self) -> bool:
         """The sampler may ask for logits at selected positions only (``forward(...,
-        positions=)``); a mixture student's code enters every position, so it may not."""
-        return self.latent_emb is None
+        positions=)``); a mixture student's code enters every position, so it may not; nor may a
+        chain student (its codes are drawn along the whole row)."""
+        return not self.config.latent_codes
 
     def latent(self, z: torch.Tensor | None, rows: int, device: torch.device) -> torch.Tensor:
         """The code's embedding ``[B, 1, dim]`` (``z`` drawn from the global generator when
@@ -161,9 +172,9 @@ class Denoiser(PretrainedMixin, nn.Module):
         """
         if x.shape[1] > self.config.max_len:
             raise ValueError(f"sequence length {x.shape[1]} > model max_len {self.config.max_len}")
-        if z is not None and self.latent_emb is None:
+        if z is not None and not self.config.latent_codes:
             raise ValueError("this denoiser has no latent (latent_codes = 0): do not pass z")
-        plain = self.latent_emb is not None or (self.training and self.config.dropout > 0)
+        plain = bool(self.config.latent_codes) or (self.training and self.config.dropout > 0)
         if positions is not None and plain:
             return self.forward(x, t, dt, z)[positions]  # latent or dropout: the plain path
         if positions is not None:
@@ -171,10 +182,29 @@ class Denoiser(PretrainedMixin, nn.Module):
         h = self.embed(x)
         if self.latent_emb is not None:
             h = h + self.latent(z, x.shape[0], x.device).to(h.dtype)
+        h = self.features(h, t, dt)
+        if self.chain is not None:
+            if z is None:
+                z = torch.rand(x.shape, device=x.device)
+            h = self.chain(h, z)
+        return self.head(h).float()
+
+    def features(self, h: torch.Tensor, t, dt) -> torch.Tensor:
+        """The body on input embeddings ``h [B, L, dim]``, normalised: what the head reads."""
         cond = self.conditioning(t, dt)
         for block in self.blocks:
             h = block(h, cond)
-        return self.head(self.norm(h)).float()
+        return self.norm(h)
+
+    def chain_terms(self, x: torch.Tensor, t, dt) -> tuple[torch.Tensor, torch.Tensor]:
+        """A chain student's step law in full, for its exact likelihood (one body pass):
+        ``(logits [B, L, K, num_classes]`` under every code, ``log P(z_i = b | z_{i-1} = a)
+        [B, L, K, K])`` (float32; row 0 of the transitions unused, ``z_0`` is uniform)."""
+        if self.chain is None:
+            raise ValueError("chain_terms needs a chain student (latent_chain)")
+        h = self.features(self.embed(x), t, dt)
+        logits = self.head(h.unsqueeze(2) + self.chain.all_offsets(h)).float()
+        return logits, self.chain.log_transitions(h)
 
     def _forward_at(self, x, t, dt, positions: torch.Tensor) -> torch.Tensor:
         if positions.shape != x.shape or positions.dtype != torch.bool:
@@ -235,16 +265,24 @@ def _distinct_rows(x, t, dt):
     return x[first], t, dt, which
 
 
-def build_student(teacher: Denoiser, teacher_dir: str = "", latent_codes: int = 0) -> Denoiser:
+def build_student(
+    teacher: Denoiser, teacher_dir: str = "", latent_codes: int = 0, latent_chain: bool = False
+) -> Denoiser:
     """Teacher weights plus a step-size embedding; outputs equal the teacher's for any dt.
 
     If the teacher had no conditioning at all (mask source), zero-initialised adaLN modulations
     are added to every block; otherwise the existing modulations are reused and the new dt
     embedding starts at exactly zero. ``latent_codes > 0`` builds a mixture student (plus a
-    code embedding, small and random: its teacher up to that perturbation, module doc).
+    code embedding, small and random: its teacher up to that perturbation, module doc);
+    with ``latent_chain`` too, a chain student (a :class:`LatentChain` head, likewise near).
     """
     cfg = DenoiserConfig(
-        **{**teacher.config.__dict__, "dt_cond": True, "latent_codes": int(latent_codes)}
+        **{
+            **teacher.config.__dict__,
+            "dt_cond": True,
+            "latent_codes": int(latent_codes),
+            "latent_chain": bool(latent_chain),
+        }
     )
     cfg.extra = {**teacher.config.extra, "teacher": teacher_dir}
     student = Denoiser(cfg)
@@ -252,7 +290,7 @@ def build_student(teacher: Denoiser, teacher_dir: str = "", latent_codes: int = 
     assert not unexpected, unexpected
     # Everything the teacher lacked must be the zero-initialised conditioning path.
     assert all(
-        k.startswith("latent_emb.")
+        k.startswith(("latent_emb.", "chain."))
         or (k.startswith(("dt_emb.", "blocks.")) and ("dt_emb" in k or "modulation" in k))
         for k in missing
     ), missing

@@ -42,7 +42,7 @@ from tsdfm.flow.jump import draw_switches, land
 from tsdfm.flow.sampler import supports_positions
 from tsdfm.generation import can_cache
 from tsdfm.inference import autocast
-from tsdfm.models.latent import draw_latent, latent_codes_of
+from tsdfm.models.latent import draw_model_latent, latent_codes_of
 from tsdfm.serving.schemas import Limits, RequestError
 
 Emit = Callable[[tuple], None]
@@ -307,8 +307,8 @@ class Batcher:
             xs.append(x)
             ts.append(torch.full((x.shape[0],), job.k / job.steps, device=self.device))
             dts.append(torch.full((x.shape[0],), 1.0 / job.steps, device=self.device))
-            if self.latent_codes:  # a mixture student: this job's latents, from its own generator
-                zs.append(draw_latent(x.shape[0], self.latent_codes, job.generator, self.device))
+            if self.latent_codes:  # a mixture / chain student: this job's latents, its generator
+                zs.append(draw_model_latent(self.model, x, job.generator))
         sizes = [x.shape[0] for x in xs]
         if not sum(sizes):
             return

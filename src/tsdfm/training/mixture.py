@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 
 from tsdfm.flow import switch_probability
-from tsdfm.models.latent import draw_latent, latent_codes_of
+from tsdfm.models.latent import draw_model_latent, latent_chain_of, latent_codes_of
 from tsdfm.training.objectives import ShortcutObjective
 
 
@@ -103,15 +103,68 @@ def mixture_losses(
     logs = torch.log_softmax(logits.float(), dim=-1)
     log_m = math.log(logits.shape[0])
     log_sbar = torch.logsumexp(logs, dim=0) - log_m
-    p = target_logp.exp()
-    w = changeable.float()
-    count = w.sum().clamp_min(1.0)
-    marginal = ((p * (target_logp - log_sbar)).sum(-1) * w).sum() / count
     ll = step_log_likelihoods(logs, x, y, q, source, mask_id, changeable)  # [K, B, L]
     joint = torch.logsumexp(ll.sum(-1), dim=0) - log_m  # [B]
     product = (torch.logsumexp(ll, dim=0) - log_m).sum(-1)  # [B]
+    return _assemble(target_logp, log_sbar, changeable, joint, product)
+
+
+def _assemble(target_logp, log_sbar, changeable, joint, product) -> tuple[Tensor, Tensor, Tensor]:
+    """``(marginal, correlation, pmi)`` from the per-position law ``log_sbar [B, L, C]``, the
+    joint ``log P(y) [B]`` and ``sum_i log lbar_i(y_i) [B]`` (:func:`mixture_losses`)."""
+    w = changeable.float()
+    count = w.sum().clamp_min(1.0)
+    marginal = ((target_logp.exp() * (target_logp - log_sbar)).sum(-1) * w).sum() / count
     correlation = (product - joint).sum() / count
     return marginal, correlation, (joint - product).detach().mean()
+
+
+def chain_log_likelihood(ll: Tensor, log_trans: Tensor) -> tuple[Tensor, Tensor]:
+    """``(log P(y) [B], log pi [B, L, K])`` of a code chain with per-position, per-code
+    log-likelihoods ``ll [B, L, K]`` and transitions ``log_trans [B, L, K, K]`` (row 0 unused,
+    ``z_0`` uniform): the forward algorithm (:func:`chain_losses`) and the codes' prior
+    marginals ``pi_i``."""
+    b, length, k = ll.shape
+    log_pi = [torch.full((b, k), -math.log(k), device=ll.device)]
+    alpha = log_pi[0] + ll[:, 0]
+    for i in range(1, length):
+        step = log_trans[:, i]
+        log_pi.append(torch.logsumexp(log_pi[-1].unsqueeze(-1) + step, dim=1))
+        alpha = torch.logsumexp(alpha.unsqueeze(-1) + step, dim=1) + ll[:, i]
+    return torch.logsumexp(alpha, dim=-1), torch.stack(log_pi, dim=1)
+
+
+def chain_losses(
+    logits: Tensor,
+    log_trans: Tensor,
+    target_logp: Tensor,
+    x: Tensor,
+    y: Tensor,
+    q: Tensor,
+    changeable: Tensor,
+    source: str,
+    mask_id: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`mixture_losses` for a chain student (``tsdfm.models.latent.LatentChain``).
+
+    ``logits [B, L, K, C]``: the student under every code at every position; ``log_trans
+    [B, L, K, K]``: ``log P(z_i = b | z_{i-1} = a)`` (row 0 unused, ``z_0`` uniform). The codes'
+    prior marginals ``pi_i`` follow the chain, the per-position law is ``sbar_i = sum_z pi_i(z)
+    s_{z,i}``, and ``log P(y)`` is the forward algorithm over the codes:
+
+        alpha_0(b) = log(1/K) + log l_0(y_0 | b),
+        alpha_i(b) = logsumexp_a [alpha_{i-1}(a) + log P(b | a)] + log l_i(y_i | b),
+        log P(y) = logsumexp_b alpha_{L-1}(b),
+
+    exact, ``O(L K^2)``; a position that cannot change has ``l = 1`` and passes the chain on."""
+    logs = torch.log_softmax(logits.float(), dim=-1)
+    ll = step_log_likelihoods(
+        logs.permute(2, 0, 1, 3), x, y, q, source, mask_id, changeable
+    ).permute(1, 2, 0)  # [B, L, K]
+    joint, log_pi = chain_log_likelihood(ll, log_trans)
+    log_sbar = torch.logsumexp(log_pi.unsqueeze(-1) + logs, dim=2)
+    product = torch.logsumexp(log_pi + ll, dim=-1).sum(-1)  # sum_i log lbar_i(y_i), [B]
+    return _assemble(target_logp, log_sbar, changeable, joint, product)
 
 
 class MixtureObjective(ShortcutObjective):
@@ -129,21 +182,26 @@ class MixtureObjective(ShortcutObjective):
         ema = self.target_model if self.target_model is not None else self.teacher
         if latent_codes_of(ema) != self.codes:
             return super().target_model_fn(generator)  # the teacher, before the EMA is bound
-        k = self.codes
-        return lambda x, tt, hh: ema(x, tt, hh, draw_latent(x.shape[0], k, generator, x.device))
+        return lambda x, tt, hh: ema(x, tt, hh, draw_model_latent(ema, x, generator))
 
     def __call__(self, model, x1, generator):
         dt, t, x_t = self.draw_rows(x1, generator)
         target, anchor, y = self.step_targets(model, x_t, t, dt, generator, sample=True)
-        b, k = x_t.shape[0], self.codes
-        z = torch.arange(k, device=x_t.device).repeat_interleave(b)
-        logits = model(x_t.repeat(k, 1), t.repeat(k), dt.repeat(k), z)
-        logits = logits.view(k, b, *logits.shape[1:])
         q = switch_probability(t, dt, self.scheduler, x_t.device)
         changeable = self.changeable(x_t)
-        marginal, correlation, pmi = mixture_losses(
-            logits, target, x_t, y, q, changeable, self.source, self.mask_id
-        )
+        if latent_chain_of(model):
+            logits, log_trans = model.chain_terms(x_t, t, dt)
+            marginal, correlation, pmi = chain_losses(
+                logits, log_trans, target, x_t, y, q, changeable, self.source, self.mask_id
+            )
+        else:
+            b, k = x_t.shape[0], self.codes
+            z = torch.arange(k, device=x_t.device).repeat_interleave(b)
+            logits = model(x_t.repeat(k, 1), t.repeat(k), dt.repeat(k), z)
+            logits = logits.view(k, b, *logits.shape[1:])
+            marginal, correlation, pmi = mixture_losses(
+                logits, target, x_t, y, q, changeable, self.source, self.mask_id
+            )
         loss = marginal + self.joint_weight * correlation
         metrics = {
             "anchor_frac": float(anchor.float().mean()),
@@ -156,4 +214,10 @@ class MixtureObjective(ShortcutObjective):
         return loss, metrics
 
 
-__all__ = ["MixtureObjective", "mixture_losses", "step_log_likelihoods"]
+__all__ = [
+    "MixtureObjective",
+    "chain_log_likelihood",
+    "chain_losses",
+    "mixture_losses",
+    "step_log_likelihoods",
+]

@@ -114,10 +114,10 @@ def shaping_setup(
     jump is the navigator's, also for K = 1 (the ablation row on the same code path); ``method``
     is "shaped" only for K > 1. ``name`` is the default output directory name (suffixed
     ``-exact-anchor`` when ``student.anchor=oracle``, so it never overwrites a teacher-anchored run;
-    ``-mixture`` before it for ``student.kind=mixture``).
+    ``-mixture`` / ``-chain`` before it for those student kinds).
     """
     sh = cfg.student.shaping
-    suffix = ("-mixture" if cfg.student.kind == "mixture" else "") + (
+    suffix = ("" if cfg.student.kind == "product" else f"-{cfg.student.kind}") + (
         "-exact-anchor" if cfg.student.anchor == "oracle" else ""
     )
     kind = cfg.student.midpoint
@@ -179,7 +179,7 @@ def midpoint_setup(
 def mixture_extra(st) -> dict:
     """What ``config.json`` records of a mixture student's training (``extra``); the number of
     codes itself is the config's ``latent_codes``."""
-    return {"kind": "mixture", "joint_weight": st.joint_weight}
+    return {"kind": st.kind, "joint_weight": st.joint_weight}
 
 
 def train_student(
@@ -208,8 +208,10 @@ def train_student(
     if scfg.num_threads:
         torch.set_num_threads(scfg.num_threads)
     torch.manual_seed(scfg.seed)
-    mixture = st.kind == "mixture"
-    student = build_student(teacher, str(teacher_dir), st.latent_codes if mixture else 0)
+    mixture = st.kind != "product"
+    student = build_student(
+        teacher, str(teacher_dir), st.latent_codes if mixture else 0, st.kind == "chain"
+    )
     prepare_run_dir(out_dir, resume, student)
     student.config.extra.update(
         {
@@ -243,7 +245,7 @@ def train_student(
     student.config.extra["target_committed"] = objective.committed  # "auto", resolved
     if ctx.is_main:
         print(
-            f"[student:{method}{'/mixture' if mixture else ''}] "
+            f"[student:{method}{'/' + st.kind if mixture else ''}] "
             f"{count_parameters(student) / 1e6:.2f}M parameters from "
             f"{teacher_dir}; target={cfg.student.target}/{cfg.student.target_space}, dt weights="
             f"{cfg.student.dt_weights}"

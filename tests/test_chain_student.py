@@ -1,0 +1,188 @@
+"""The chain student (``student.kind=chain``): a Markov chain of codes along the positions.
+
+Checked against answers that do not come from the code under test: the forward algorithm
+against a brute-force sum over every code sequence; the sampler's one-step law against the
+likelihood the objective trains (Monte Carlo frequencies of every outcome); training on the
+closed-form L = 2 chain of tests/test_mixture.py, whose composed step has P(y1 != y2) = 1/4
+where any product step has 1/2.
+"""
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from test_mixture import LIN, MASK, C, composite_draws, unequal_and_selftv
+from test_shaping_cli import run  # noqa: F401 (module-scoped tiny markov run)
+
+from tsdfm.flow import sample
+from tsdfm.models import Denoiser, DenoiserConfig, build_student, load_pretrained
+from tsdfm.training.mixture import chain_log_likelihood, chain_losses, step_log_likelihoods
+
+
+def tiny_chain(codes=2, length=2, scale=0.0, seed=0):
+    """A chain student over ``C`` symbols; ``scale > 0`` randomises its chain so that codes
+    matter (well-separated offsets, transitions that depend on the position's features)."""
+    torch.manual_seed(seed)
+    teacher = Denoiser(
+        DenoiserConfig(
+            vocab_size=C + 1, num_classes=C, max_len=length, dim=16, n_layers=1, n_heads=2
+        )
+    )
+    student = build_student(teacher, latent_codes=codes, latent_chain=True)
+    if scale:
+        with torch.no_grad():
+            student.chain.offsets.weight.normal_(0, scale)
+            student.chain.transitions.weight.normal_(0, scale / 2)
+    return student
+
+
+def one_step(student, n, seed, length=2):
+    """``n`` draws of one step t = 0 -> 1 from all-mask (every position lands)."""
+    x0 = torch.full((n, length), MASK)
+    return sample(student, x0, 1, LIN, "mask", MASK, torch.Generator().manual_seed(seed)).ids
+
+
+def log_likelihoods(student, x, y, q):
+    logits, log_trans = student.chain_terms(x, torch.zeros(len(x)), torch.full((len(x),), 1.0))
+    logs = torch.log_softmax(logits, -1).permute(2, 0, 1, 3)
+    ll = step_log_likelihoods(logs, x, y, q, "mask", MASK, x == MASK).permute(1, 2, 0)
+    return ll, log_trans
+
+
+def test_forward_algorithm_equals_the_sum_over_every_code_sequence():
+    student = tiny_chain(codes=3, length=4, scale=1.0)
+    x = torch.tensor([[MASK] * 4, [0, MASK, MASK, 1], [MASK, 1, MASK, MASK]])
+    y = torch.tensor([[0, 1, MASK, 1], [0, 1, 1, 1], [MASK, 1, 0, 1]])
+    q = torch.full((3,), 0.5, dtype=torch.float64)
+    with torch.no_grad():
+        ll, log_trans = log_likelihoods(student, x, y, q)
+        joint, log_pi = chain_log_likelihood(ll, log_trans)
+    for b in range(3):
+        paths = []
+        for z in itertools.product(range(3), repeat=4):
+            lp = -math.log(3) + ll[b, 0, z[0]]
+            for i in range(1, 4):
+                lp = lp + log_trans[b, i, z[i - 1], z[i]] + ll[b, i, z[i]]
+            paths.append(lp)
+        assert abs(float(torch.logsumexp(torch.stack(paths), 0)) - float(joint[b])) < 1e-5
+    # the prior marginals: uniform at position 0, each a distribution, not all uniform later
+    torch.testing.assert_close(log_pi.exp().sum(-1), torch.ones(3, 4))
+    assert float((log_pi[:, 1:].exp() - 1 / 3).abs().max()) > 1e-3
+
+
+def test_the_sampler_draws_the_law_the_objective_scores():
+    """One step from all-mask (t = 0, dt = 1: every position lands) of a randomised chain
+    student: the empirical frequency of each of the C^L outcomes matches exp(log P(y)) from the
+    forward algorithm, and that law is not the product of its marginals."""
+    length, n = 3, 20_000
+    student = tiny_chain(codes=3, length=length, scale=6.0, seed=1).eval()
+    outcomes = torch.tensor(list(itertools.product(range(C), repeat=length)))
+    x = torch.full((len(outcomes), length), MASK)
+    q = torch.ones(len(outcomes), dtype=torch.float64)
+    with torch.no_grad():
+        joint, _ = chain_log_likelihood(*log_likelihoods(student, x, outcomes, q))
+    law = joint.exp()
+    assert abs(float(law.sum()) - 1) < 1e-5
+    draws = one_step(student, n, seed=3, length=length)
+    index = (draws * torch.tensor([C**2, C, 1])).sum(1)
+    freq = torch.bincount(index, minlength=len(outcomes)).double() / n
+    se = (law.double() * (1 - law.double()) / n).sqrt()
+    assert float(((freq - law) / se.clamp_min(1e-4)).abs().max()) < 5
+    marg = [law.view(C, C, C).sum(dims) for dims in ((1, 2), (0, 2), (0, 1))]
+    product = marg[0][:, None, None] * marg[1][None, :, None] * marg[2][None, None, :]
+    assert float((law.view(C, C, C) - product).abs().sum() / 2) > 0.02  # correlated
+
+
+def fit_chain(student, steps=150, batch=128):
+    opt = torch.optim.Adam(student.parameters(), lr=1e-2)
+    x = torch.full((batch, 2), MASK)
+    t, dt, q = torch.zeros(batch), torch.ones(batch), torch.ones(batch, dtype=torch.float64)
+    for i in range(steps):
+        target, y = composite_draws(batch, 100 + i)
+        logits, log_trans = student.chain_terms(x, t, dt)
+        marginal, corr, _ = chain_losses(
+            logits, log_trans, target, x, y, q, x == MASK, "mask", MASK
+        )
+        opt.zero_grad()
+        (marginal + corr).backward()
+        opt.step()
+    return student.eval()
+
+
+def test_a_trained_chain_step_reproduces_the_correlation_a_product_step_cannot():
+    unequal, selftv = unequal_and_selftv(one_step(fit_chain(tiny_chain(codes=4)), 8_000, seed=5))
+    assert unequal < 0.35 and selftv > 0.15  # target 0.25 / 0.25; any product step: 0.5 / 0
+
+
+def test_chain_student_round_trip_and_seeded_sampling(tmp_path):
+    student = tiny_chain(codes=3, length=4, scale=1.0).eval()
+    x0 = torch.full((32, 4), MASK)
+    a = sample(student, x0, 3, LIN, "mask", MASK, torch.Generator().manual_seed(3)).ids
+    b = sample(student, x0, 3, LIN, "mask", MASK, torch.Generator().manual_seed(3)).ids
+    assert torch.equal(a, b)
+    student.save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["latent_codes"] == 3 and config["latent_chain"] is True
+    loaded, _ = load_pretrained(tmp_path / "m")
+    assert torch.equal(
+        a, sample(loaded, x0, 3, LIN, "mask", MASK, torch.Generator().manual_seed(3)).ids
+    )
+    with pytest.raises(ValueError, match="uniform noise"):
+        student(x0, torch.zeros(32), torch.ones(32), torch.zeros(32, dtype=torch.long))
+
+
+def test_a_fresh_chain_student_is_near_its_teacher():
+    student = tiny_chain(codes=4, length=4)
+    teacher = tiny_chain(codes=0 or 2, length=4)  # same seed: same body and head
+    x, t = torch.randint(0, C + 1, (5, 4)), torch.rand(5)
+    with torch.no_grad():
+        base = teacher.head(teacher.features(teacher.embed(x), t, t))
+        p = torch.softmax(student(x, t, t, torch.rand(5, 4)), -1)
+    assert float((p - torch.softmax(base, -1)).abs().max()) < 0.05
+
+
+@pytest.mark.parametrize("source", ["mask", "uniform"])
+def test_chain_objective_runs_on_both_sources(source):
+    """One training call per source through ``MixtureObjective``: finite loss, gradients reach
+    both the code offsets and the transitions, EMA targets drawn with a code chain per row."""
+    from test_shortcut import tiny_teacher
+
+    from tsdfm.config import StudentConfig
+    from tsdfm.training.mixture import MixtureObjective
+
+    teacher = tiny_teacher(source)
+    student = build_student(teacher, latent_codes=3, latent_chain=True).train()
+    cfg = StudentConfig(teacher_steps=8, kind="chain", latent_codes=3)
+    obj = MixtureObjective(teacher, cfg, 8, 8, latent_codes=3, joint_weight=1.0)
+    obj.target_model = build_student(teacher, latent_codes=3, latent_chain=True).eval()
+    x1 = torch.randint(0, 8, (6, 12), generator=torch.Generator().manual_seed(0))
+    loss, metrics = obj(student, x1, torch.Generator().manual_seed(1))
+    assert torch.isfinite(loss) and set(metrics) >= {"mix_marginal", "mix_corr", "mix_pmi"}
+    loss.backward()
+    assert float(student.chain.offsets.weight.grad.abs().sum()) > 0
+    assert float(student.chain.transitions.weight.grad.abs().sum()) > 0
+
+
+def test_chain_student_from_the_cli(run):  # noqa: F811
+    """``--kind chain``: trains, records its kind, samples; K = 1 shaping is blind exactly."""
+    import csv
+
+    from test_shaping_cli import student_args
+
+    from tsdfm.cli import main
+    from tsdfm.generation import draw_samples
+
+    root = run[0]
+    blind, k1 = root / "chain-blind", root / "chain-k1"
+    flags = ("--kind", "chain", "student.latent_codes=3")
+    assert main(student_args(run, blind, *flags)) == 0
+    assert main(student_args(run, k1, *flags, "--shaping", "oracle", "--candidates", "1")) == 0
+    loss = lambda d: [r["loss"] for r in csv.DictReader(open(d / "log.csv"))]  # noqa: E731
+    assert loss(blind) == loss(k1)
+    cfg = json.loads((blind / "model" / "config.json").read_text())
+    assert cfg["latent_chain"] and cfg["latent_codes"] == 3 and cfg["extra"]["kind"] == "chain"
+    a = draw_samples(blind / "model", steps=4, num=6, seed=2, progress=False, device="cpu")
+    b = draw_samples(blind / "model", steps=4, num=6, seed=2, progress=False, device="cpu")
+    assert torch.equal(a.ids, b.ids) and a.ids.shape == (6, 16)
