@@ -17,8 +17,14 @@ mask source that is decided by the sampler's uniform draws alone (a masked posit
 probability ``(kappa(t+h) - kappa(t)) / (1 - kappa(t))``, whatever the denoiser says), so random
 weights give the same NFE as trained ones under the same seed.
 
+``--compare DIR`` times a second student (a mixture or chain student, docs/mixture.md) at the
+headline steps beside the first, and reports its cost per sample as a ratio to the student's
+(``compare8_cost_vs_student``; and to the student's full-head row, when measured).
+
 Usage:
     python benchmarks/speed.py [--teacher DIR --student DIR --ar DIR] [--config configs/tiny.yaml]
+    python benchmarks/speed.py --student runs/m/student-blind-s0 --compare runs/m/student-chain-k8-s0 \
+        --config configs/markov.yaml --skip-teacher --variants full-head --batch-sizes 1 32
     python benchmarks/speed.py --quick --random     # tiny shapes, seconds, for checking the script
 Writes benchmarks/results/speed.{json,md} (speed-quick.* with --quick; --out to change the folder).
 """
@@ -104,6 +110,12 @@ def load_models(args: argparse.Namespace, cfg: ExperimentConfig) -> tuple[dict, 
         models[role], sources[role] = (model.eval(), tok), str(model_dir)
     if args.teacher and not args.random and not args.student:  # same shapes as the real teacher
         models["student"] = (build_student(models["teacher"][0]).eval(), models["teacher"][1])
+    if args.compare:
+        model_dir = resolve_model_dir(args.compare)
+        model, tok = load_pretrained(model_dir)
+        if not getattr(model.config, "dt_cond", False):
+            raise TsdfmError(f"--compare {model_dir} is not a student (no step-size embedding)")
+        models["compare"], sources["compare"] = (model.eval(), tok), str(model_dir)
     return models, sources
 
 
@@ -208,6 +220,16 @@ def speedups(rows: list[dict], batches: list[int], steps: int) -> dict:
             for k, r in ref.items()
             if r is not None
         }
+        other = find(rows, "compare", b, steps=steps)
+        if other is not None:  # a cost ratio: above 1 = the second student is slower
+            out[str(b)][f"compare{steps}_cost_vs_student"] = (
+                other["seconds_median"] / s["seconds_median"]
+            )
+            full = find(rows, "student", b, steps=steps, precision="fp32", head_at_jumps=False)
+            if full is not None:
+                out[str(b)][f"compare{steps}_cost_vs_student_full_head"] = (
+                    other["seconds_median"] / full["seconds_median"]
+                )
         variants = (("bf16", False, True), ("fp32", True, True), ("fp32", False, False))
         for p, c, at in variants:  # the speed-setting rows, if measured
             v = find(rows, "student", b, steps=steps, precision=p, compiled=c, head_at_jumps=at)
@@ -245,6 +267,11 @@ def run(args: argparse.Namespace) -> dict:
                     compiled=variant == "compile", full_head=variant == "full-head",
                 )
             )  # fmt: skip
+        if "compare" in models:  # a second student, at the headline steps
+            row = prepare_row(
+                "compare", models["compare"], args.headline_steps, b, False, seq_len, args
+            )
+            todo.append(row)
         todo.append(prepare_row("ar", models["ar"], seq_len, b, True, seq_len, args))
         if args.skip_teacher:
             continue
@@ -328,6 +355,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--teacher", help="teacher model or run dir (default: random weights)")
     ap.add_argument("--student", help="student model or run dir (default: random weights)")
     ap.add_argument("--ar", help="AR baseline model or run dir (default: random weights)")
+    ap.add_argument(
+        "--compare", help="a second student (e.g. a chain student) timed beside --student"
+    )
     ap.add_argument("--random", action="store_true", help="random weights even if dirs are given")
     ap.add_argument("--config", default=str(ROOT.parent / "configs" / "tiny.yaml"))
     ap.add_argument("--quick", action="store_true", help="tiny shapes and settings (a smoke run)")

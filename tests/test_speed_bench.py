@@ -141,3 +141,26 @@ def test_rows_are_timed_round_robin(speed):
     timed = [c for c in calls if c[1] < 10_000]
     assert timed == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("c", 1), ("a", 2), ("c", 2)]
     assert [r["repeats"] for r in out] == [3, 1, 3]
+
+
+def test_compare_student_is_timed_beside_the_student(speed, tmp_path):
+    """``--compare DIR``: a chain student timed at the headline steps, its cost as a ratio."""
+    from tsdfm.models import build_student
+
+    tok = Tokenizer.identity(8)
+    teacher = Denoiser(DenoiserConfig(9, 8, 12, 32, 1, 2))
+    teacher.save_pretrained(tmp_path / "t" / "model", tok)
+    chain = build_student(teacher, latent_codes=3, latent_chain=True)
+    chain.save_pretrained(tmp_path / "chain", tok)
+    argv = ["--quick", "--teacher", str(tmp_path / "t"), "--compare", str(tmp_path / "chain")]
+    result = speed.main(
+        [*argv, "--out", str(tmp_path), "--repeats", "1", "--warmup", "0", "--batch-sizes", "2"]
+        + ["--student-steps", "8", "--teacher-steps", "4", "--skip-teacher"]
+    )
+    rows = [r for r in result["rows"] if r["model"] == "compare"]
+    assert [(r["steps"], r["batch"], r["nfe_nominal"]) for r in rows] == [(8, 2, 8)]
+    ratio = result["speedups"]["2"]["compare8_cost_vs_student"]
+    student = next(r for r in result["rows"] if r["model"] == "student")
+    assert ratio == pytest.approx(rows[0]["seconds_median"] / student["seconds_median"])
+    with pytest.raises(SystemExit, match="not a student"):
+        speed.main([*argv[:3], "--compare", str(tmp_path / "t"), "--out", str(tmp_path)])
