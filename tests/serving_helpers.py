@@ -37,7 +37,7 @@ def save_models(root: Path) -> dict[str, Path]:
     mixture.save_pretrained(root / "mixture", tokenizer=tok)
     chain = build_student(tiny_denoiser("mask"), latent_codes=3, latent_chain=True)
     with torch.no_grad():
-        chain.chain.offsets.weight.normal_(0, 3.0)
+        chain.chain.shift.normal_(0, 3.0)
     chain.save_pretrained(root / "chain", tokenizer=tok)
     return {k: root / k for k in ("teacher", "uniform", "student", "mixture", "chain")}
 

@@ -33,8 +33,10 @@ def tiny_chain(codes=2, length=2, scale=0.0, seed=0):
     student = build_student(teacher, latent_codes=codes, latent_chain=True)
     if scale:
         with torch.no_grad():
-            student.chain.offsets.weight.normal_(0, scale)
-            student.chain.transitions.weight.normal_(0, scale / 2)
+            student.chain.shift.normal_(0, scale)
+            student.head.weight.normal_(0, 0.3)  # so that the codes' offsets move the logits
+            student.chain.unary.weight.normal_(0, 0.1)
+            student.chain.pairwise.normal_(0, scale / 2)
     return student
 
 
@@ -62,14 +64,14 @@ def test_forward_algorithm_equals_the_sum_over_every_code_sequence():
     for b in range(3):
         paths = []
         for z in itertools.product(range(3), repeat=4):
-            lp = -math.log(3) + ll[b, 0, z[0]]
+            lp = log_trans[b, 0, 0, z[0]] + ll[b, 0, z[0]]
             for i in range(1, 4):
                 lp = lp + log_trans[b, i, z[i - 1], z[i]] + ll[b, i, z[i]]
             paths.append(lp)
         assert abs(float(torch.logsumexp(torch.stack(paths), 0)) - float(joint[b])) < 1e-5
-    # the prior marginals: uniform at position 0, each a distribution, not all uniform later
+    # the prior marginals: each a distribution, not all uniform
     torch.testing.assert_close(log_pi.exp().sum(-1), torch.ones(3, 4))
-    assert float((log_pi[:, 1:].exp() - 1 / 3).abs().max()) > 1e-3
+    assert float((log_pi.exp() - 1 / 3).abs().max()) > 1e-3
 
 
 def test_the_sampler_draws_the_law_the_objective_scores():
@@ -161,8 +163,9 @@ def test_chain_objective_runs_on_both_sources(source):
     loss, metrics = obj(student, x1, torch.Generator().manual_seed(1))
     assert torch.isfinite(loss) and set(metrics) >= {"mix_marginal", "mix_corr", "mix_pmi"}
     loss.backward()
-    assert float(student.chain.offsets.weight.grad.abs().sum()) > 0
-    assert float(student.chain.transitions.weight.grad.abs().sum()) > 0
+    for p in (student.chain.shift, student.chain.scale, student.chain.unary.weight):
+        assert float(p.grad.abs().sum()) > 0
+    assert float(student.chain.pairwise.grad.abs().sum()) > 0
 
 
 def test_chain_student_from_the_cli(run):  # noqa: F811
@@ -186,3 +189,20 @@ def test_chain_student_from_the_cli(run):  # noqa: F811
     a = draw_samples(blind / "model", steps=4, num=6, seed=2, progress=False, device="cpu")
     b = draw_samples(blind / "model", steps=4, num=6, seed=2, progress=False, device="cpu")
     assert torch.equal(a.ids, b.ids) and a.ids.shape == (6, 16)
+
+
+def test_joint_check_scores_only_pairs_committed_together(load_script):
+    """studies/joint_check.py: PMI and off-chain rate over adjacent pairs masked at x_t and both
+    committed by the step, computed by hand on a 3-symbol chain."""
+    jc = load_script("joint_check")
+    m = 3  # [MASK]
+    trans = torch.tensor([[0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.001, 0.001, 0.998]]).double()
+    pi = torch.tensor([0.25, 0.25, 0.5]).double()
+    x_t = torch.tensor([[m, m, m, 0], [m, m, 1, m]])
+    y = torch.tensor([[0, 0, m, 0], [2, 0, 1, 1]])
+    s = jc.pair_scores(x_t, y, trans.log(), pi.log(), m, floor=0.01)
+    # counted: row 0 (0, 0) at 0-1; row 1 (2, 0) at 0-1. Not: pairs with a masked or seen end.
+    want = [math.log(0.9 / 0.25), math.log(0.001 / 0.25)]
+    assert s["pairs"] == 2
+    assert s["pmi"] == pytest.approx(sum(want) / 2)
+    assert s["off_chain"] == pytest.approx(0.5)

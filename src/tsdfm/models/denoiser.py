@@ -199,7 +199,7 @@ class Denoiser(PretrainedMixin, nn.Module):
     def chain_terms(self, x: torch.Tensor, t, dt) -> tuple[torch.Tensor, torch.Tensor]:
         """A chain student's step law in full, for its exact likelihood (one body pass):
         ``(logits [B, L, K, num_classes]`` under every code, ``log P(z_i = b | z_{i-1} = a)
-        [B, L, K, K])`` (float32; row 0 of the transitions unused, ``z_0`` is uniform)."""
+        [B, L, K, K])`` (float32; at position 0 every row is the law of ``z_0``)."""
         if self.chain is None:
             raise ValueError("chain_terms needs a chain student (latent_chain)")
         h = self.features(self.embed(x), t, dt)

@@ -81,43 +81,54 @@ class LatentChain(nn.Module):
     positions each need their own correlation (a Markov chain's adjacent tokens, committed in
     the same step) has a total correlation that grows with ``n``; a mixture of ``K`` products
     over one shared code carries at most ``I(z; y) <= log K`` nats of it, whatever the network.
-    Here each position ``i`` has its own code ``z_i``, the codes form a Markov chain whose
-    transitions are read off the network's features (``P(z_i = b | z_{i-1} = a) =
-    softmax_b(A_ab + (W h_i)_ab)``, ``z_0`` uniform), and position ``i``'s logits are the head
-    applied to ``h_i + delta_{z_i}(h_i)``. Given the codes the step is a product; over them it
-    is a mixture of ``K^L`` products whose correlation between positions ``i`` and ``j``
-    decays with the chain's mixing between them, so it can hold ``log K`` nats per *pair of
-    neighbours*. The per-sample mixture is the chain that never moves.
+    Here each position ``i`` has its own code ``z_i`` and the codes form a Markov chain:
+
+        P(z_i = b | z_{i-1} = a) = softmax_b(A_ab + u_i(b)),   u_i = W h_i,
+        s_{z,i} = softmax(head(h_i + (U h_i) * c_z + e_z)),
+
+    a static pairwise table ``A`` plus a per-position, per-code term ``u_i`` read off the
+    features (``z_0`` drawn from ``softmax(u_0)``), and per-code offsets: a code embedding
+    ``e_z`` plus a code-scaled projection of the features. Given the codes the step is a
+    product; over them it is a mixture of ``K^L`` products in which positions ``i`` and ``j``
+    are correlated through the codes between them, up to ``log K`` nats per *pair of
+    neighbours*. With ``K`` at least the vocabulary the chain can carry a token chain outright
+    (code = token, ``A`` its transition matrix), which is why ``K`` matters (docs/mixture.md).
+    The per-sample mixture is the chain that never moves.
 
     **Exact likelihood.** Positions are conditionally independent given the codes and the codes
     form a chain, so ``log P(y)`` is the forward algorithm of a hidden Markov model, exact, in
     ``O(L K^2)`` (``tsdfm.training.mixture.chain_losses``).
 
     **Sampling** costs one network pass: the codes are drawn position by position from uniform
-    noise ``u [B, L]`` (inverse CDF, ``L`` small ``[B, K]`` operations) after the body has run,
-    then one head call at the drawn codes. The noise comes from the caller's generator
-    (:func:`draw_model_latent`), so a seed still fixes every sample.
+    noise ``u [B, L]`` (inverse CDF, ``L`` small ``[B, K]`` operations: a row of ``A`` plus
+    ``u_i``) after the body has run, then one head call at the drawn codes. The noise comes
+    from the caller's generator (:func:`draw_model_latent`), so a seed still fixes every sample.
     """
 
     def __init__(self, dim: int, codes: int):
         super().__init__()
         self.codes = codes
-        self.offsets = nn.Linear(dim, codes * dim, bias=False)
-        self.transitions = nn.Linear(dim, codes * codes)
-        nn.init.normal_(self.offsets.weight, std=CHAIN_INIT_SCALE / math.sqrt(dim))
-        nn.init.zeros_(self.transitions.weight)
+        self.project = nn.Linear(dim, dim, bias=False)
+        self.scale = nn.Parameter(torch.randn(codes, dim) * CHAIN_INIT_SCALE / math.sqrt(2))
+        self.shift = nn.Parameter(torch.randn(codes, dim) * CHAIN_INIT_SCALE / math.sqrt(2))
+        self.unary = nn.Linear(dim, codes)
         stay = math.log(CHAIN_INIT_STAY * (codes - 1) / (1 - CHAIN_INIT_STAY))
-        with torch.no_grad():
-            self.transitions.bias.copy_(torch.eye(codes).flatten() * stay)
+        self.pairwise = nn.Parameter(torch.eye(codes) * stay)
+        nn.init.normal_(self.project.weight, std=1 / math.sqrt(dim))
+        nn.init.zeros_(self.unary.weight)
+        nn.init.zeros_(self.unary.bias)
 
     def log_transitions(self, h: Tensor) -> Tensor:
-        """``log P(z_i = b | z_{i-1} = a)`` ``[B, L, K, K]`` (row ``i = 0`` unused: uniform)."""
-        k = self.codes
-        return torch.log_softmax(self.transitions(h).float().view(*h.shape[:2], k, k), dim=-1)
+        """``log P(z_i = b | z_{i-1} = a)`` ``[B, L, K, K]``; at ``i = 0`` every row is the law
+        of ``z_0`` (a uniform virtual ``z_{-1}`` before it gives the same chain)."""
+        unary = self.unary(h).float()
+        pair = self.pairwise.float().expand(*h.shape[:2], -1, -1).clone()
+        pair[:, 0] = 0.0
+        return torch.log_softmax(pair + unary.unsqueeze(-2), dim=-1)
 
     def all_offsets(self, h: Tensor) -> Tensor:
-        """``delta_z(h_i)`` for every code ``[B, L, K, dim]``."""
-        return self.offsets(h).view(*h.shape[:2], self.codes, h.shape[-1])
+        """``(U h_i) * c_z + e_z`` for every code ``[B, L, K, dim]``."""
+        return self.project(h).unsqueeze(2) * self.scale + self.shift
 
     def draw_codes(self, h: Tensor, u: Tensor) -> Tensor:
         """The code chain ``[B, L]`` (int64) for the noise ``u [B, L]`` in [0, 1)."""
@@ -127,23 +138,20 @@ class LatentChain(nn.Module):
                 f"got {tuple(u.shape)} {u.dtype}"
             )
         k = self.codes
-        probs = self.log_transitions(h).exp()
-        u = u.float()
+        unary, pair, u = self.unary(h).float(), self.pairwise.float(), u.float()
         codes = torch.empty(h.shape[:2], dtype=torch.long, device=h.device)
-        codes[:, 0] = (u[:, 0] * k).long().clamp_(max=k - 1)
-        for i in range(1, h.shape[1]):
-            row = probs[:, i].gather(1, codes[:, i - 1, None, None].expand(-1, 1, k)).squeeze(1)
-            below = (row.cumsum(-1) <= u[:, i, None]).sum(-1)
-            codes[:, i] = below.clamp_(max=k - 1)
+        row = unary[:, 0]
+        for i in range(h.shape[1]):
+            if i:
+                row = pair[codes[:, i - 1]] + unary[:, i]
+            cdf = torch.softmax(row, dim=-1).cumsum(-1)
+            codes[:, i] = (cdf <= u[:, i, None]).sum(-1).clamp_(max=k - 1)
         return codes
 
     def forward(self, h: Tensor, u: Tensor) -> Tensor:
         """``h_i + delta_{z_i}(h_i)`` ``[B, L, dim]`` at the codes drawn from ``u``."""
         codes = self.draw_codes(h, u)
-        picked = self.all_offsets(h).gather(
-            2, codes[:, :, None, None].expand(-1, -1, 1, h.shape[-1])
-        )
-        return h + picked.squeeze(2)
+        return h + self.project(h) * self.scale[codes].to(h.dtype) + self.shift[codes].to(h.dtype)
 
 
 __all__ = [

@@ -121,11 +121,11 @@ def _assemble(target_logp, log_sbar, changeable, joint, product) -> tuple[Tensor
 
 def chain_log_likelihood(ll: Tensor, log_trans: Tensor) -> tuple[Tensor, Tensor]:
     """``(log P(y) [B], log pi [B, L, K])`` of a code chain with per-position, per-code
-    log-likelihoods ``ll [B, L, K]`` and transitions ``log_trans [B, L, K, K]`` (row 0 unused,
-    ``z_0`` uniform): the forward algorithm (:func:`chain_losses`) and the codes' prior
+    log-likelihoods ``ll [B, L, K]`` and transitions ``log_trans [B, L, K, K]`` (at position
+    0 every row is the law of ``z_0``): the forward algorithm (:func:`chain_losses`) and the codes' prior
     marginals ``pi_i``."""
     b, length, k = ll.shape
-    log_pi = [torch.full((b, k), -math.log(k), device=ll.device)]
+    log_pi = [log_trans[:, 0, 0]]  # every row of position 0 is the law of z_0
     alpha = log_pi[0] + ll[:, 0]
     for i in range(1, length):
         step = log_trans[:, i]
@@ -148,11 +148,11 @@ def chain_losses(
     """:func:`mixture_losses` for a chain student (``tsdfm.models.latent.LatentChain``).
 
     ``logits [B, L, K, C]``: the student under every code at every position; ``log_trans
-    [B, L, K, K]``: ``log P(z_i = b | z_{i-1} = a)`` (row 0 unused, ``z_0`` uniform). The codes'
+    [B, L, K, K]``: ``log P(z_i = b | z_{i-1} = a)`` (position 0: the law of ``z_0``). The codes'
     prior marginals ``pi_i`` follow the chain, the per-position law is ``sbar_i = sum_z pi_i(z)
     s_{z,i}``, and ``log P(y)`` is the forward algorithm over the codes:
 
-        alpha_0(b) = log(1/K) + log l_0(y_0 | b),
+        alpha_0(b) = log P(z_0 = b) + log l_0(y_0 | b),
         alpha_i(b) = logsumexp_a [alpha_{i-1}(a) + log P(b | a)] + log l_i(y_i | b),
         log P(y) = logsumexp_b alpha_{L-1}(b),
 
