@@ -206,3 +206,16 @@ def test_joint_check_scores_only_pairs_committed_together(load_script):
     assert s["pairs"] == 2
     assert s["pmi"] == pytest.approx(sum(want) / 2)
     assert s["off_chain"] == pytest.approx(0.5)
+
+
+def test_the_parallel_code_draw_equals_the_sequential_one():
+    """The prefix-scan draw of the code chain gives the codes of the one-position-at-a-time
+    inverse-CDF loop, for lengths that are and are not powers of two."""
+    student = tiny_chain(codes=5, length=13, scale=2.0, seed=3)
+    for length in (1, 8, 13):
+        h = torch.randn(7, length, 16)
+        u = torch.rand(7, length, generator=torch.Generator().manual_seed(length))
+        with torch.no_grad():
+            fast, slow = student.chain.draw_codes(h, u), student.chain.draw_codes_sequential(h, u)
+        assert torch.equal(fast, slow)
+        assert len(set(fast.flatten().tolist())) > 1  # the codes do move
