@@ -17,7 +17,7 @@ from test_mixture import LIN, MASK, C, composite_draws, unequal_and_selftv
 from test_shaping_cli import run  # noqa: F401 (module-scoped tiny markov run)
 
 from tsdfm.flow import sample
-from tsdfm.models import Denoiser, DenoiserConfig, build_student, load_pretrained
+from tsdfm.models import Denoiser, DenoiserConfig, build_student, latent, load_pretrained
 from tsdfm.training.mixture import chain_log_likelihood, chain_losses, step_log_likelihoods
 
 
@@ -217,5 +217,6 @@ def test_the_parallel_code_draw_equals_the_sequential_one():
         u = torch.rand(7, length, generator=torch.Generator().manual_seed(length))
         with torch.no_grad():
             fast, slow = student.chain.draw_codes(h, u), student.chain.draw_codes_sequential(h, u)
+        assert 7 * 5**2 <= latent.SCAN_MAX_WORK  # draw_codes took the scan here
         assert torch.equal(fast, slow)
         assert len(set(fast.flatten().tolist())) > 1  # the codes do move
