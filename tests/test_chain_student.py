@@ -157,11 +157,13 @@ def test_chain_objective_runs_on_both_sources(source):
     teacher = tiny_teacher(source)
     student = build_student(teacher, latent_codes=3, latent_chain=True).train()
     cfg = StudentConfig(teacher_steps=8, kind="chain", latent_codes=3)
-    obj = MixtureObjective(teacher, cfg, 8, 8, latent_codes=3, joint_weight=1.0)
+    obj = MixtureObjective(teacher, cfg, 8, 8, latent_codes=3, joint_weight=1.0, data_weight=0.5)
     obj.target_model = build_student(teacher, latent_codes=3, latent_chain=True).eval()
     x1 = torch.randint(0, 8, (6, 12), generator=torch.Generator().manual_seed(0))
     loss, metrics = obj(student, x1, torch.Generator().manual_seed(1))
-    assert torch.isfinite(loss) and set(metrics) >= {"mix_marginal", "mix_corr", "mix_pmi"}
+    assert torch.isfinite(loss)
+    assert set(metrics) >= {"mix_marginal", "mix_corr", "mix_pmi", "mix_data_nll"}
+    assert metrics["mix_data_nll"] > 0
     loss.backward()
     for p in (student.chain.shift, student.chain.scale, student.chain.unary.weight):
         assert float(p.grad.abs().sum()) > 0
@@ -220,3 +222,40 @@ def test_the_parallel_code_draw_equals_the_sequential_one():
         assert 7 * 5**2 <= latent.SCAN_MAX_WORK  # draw_codes took the scan here
         assert torch.equal(fast, slow)
         assert len(set(fast.flatten().tolist())) > 1  # the codes do move
+
+
+def test_data_step_lands_clean_tokens_at_the_switch_rate():
+    from tsdfm.training.mixture import data_step
+
+    x1 = torch.randint(0, C, (4000, 8), generator=torch.Generator().manual_seed(0))
+    x_t = torch.where(torch.rand(x1.shape) < 0.5, x1, torch.full_like(x1, MASK))
+    q = torch.full((4000,), 0.3)
+    y = data_step(x1, x_t, q, x_t == MASK, torch.Generator().manual_seed(1))
+    assert torch.equal(y[x_t != MASK], x_t[x_t != MASK])  # visible positions never move
+    landed = (x_t == MASK) & (y != MASK)
+    assert torch.equal(y[landed], x1[landed])  # and land on the clean token
+    rate = float(landed.sum() / (x_t == MASK).sum())
+    assert abs(rate - 0.3) < 0.01
+
+
+def test_the_data_term_alone_teaches_the_datas_joint():
+    """On the {00, 11} data the true one-step law from all-mask (t = 0 -> 1) is the data
+    itself: P(y1 != y2) = 0, where any product step has 1/2. A chain student trained on the
+    data term alone (no teacher) gets there."""
+    from tsdfm.training.mixture import data_step, joint_nll
+
+    student = tiny_chain(codes=4)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-2)
+    batch = 128
+    x = torch.full((batch, 2), MASK)
+    t, dt, q = torch.zeros(batch), torch.ones(batch), torch.ones(batch)
+    for i in range(150):
+        g = torch.Generator().manual_seed(i)
+        x1 = torch.randint(0, 2, (batch, 1), generator=g).expand(batch, 2)
+        y = data_step(x1, x, q, x == MASK, g)
+        loss = joint_nll(student, x, t, dt, y, q.double(), x == MASK, "mask", MASK, 4)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    unequal, selftv = unequal_and_selftv(one_step(student.eval(), 8_000, seed=5))
+    assert unequal < 0.1 and selftv > 0.35  # target 0 / 0.5; a product step: 0.5 / 0

@@ -203,11 +203,14 @@ def test_a_fresh_mixture_student_is_near_its_teacher_and_a_product_one_refuses_z
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"kind": "joint"}, "student.kind must be one of product, mixture"),
+        ({"kind": "joint"}, "student.kind must be one of product, mixture, chain"),
         ({"kind": "mixture", "latent_codes": 1}, "latent_codes must be >= 2"),
         ({"kind": "mixture", "joint_weight": 1.5}, "joint_weight must be in"),
         ({"kind": "mixture", "target": "rk4", "target_space": "logits"}, "target=heun"),
         ({"kind": "mixture", "target_temperature": 0.9}, "target_temperature=1"),
+        ({"kind": "chain", "data_weight": -1.0}, "data_weight must be >= 0"),
+        ({"data_weight": 0.5}, "data_weight is a term of the correlated"),
+        ({"kind": "chain", "latent_codes": 1}, "latent_codes must be >= 2 for student.kind=chain"),
     ],
 )
 def test_config_refuses_bad_mixture_settings(changes, message):

@@ -255,6 +255,9 @@ class StudentConfig:
     pass trains it (the likelihood is a forward algorithm over the codes) and it can carry a
     correlation per pair of neighbours, where one shared code carries at most ``log K`` nats
     per step. Both need the exact composition target (``heun`` x ``probs``, temperature 1).
+    ``data_weight`` (correlated kinds, default 0) adds Di4C's data term: the student's
+    ``-log P(y)`` at a draw of the *data's* own step law (clean tokens landed with the step's
+    switch probability), a teacher-free joint signal at every step size.
     """
 
     train: TrainConfig = field(
@@ -273,6 +276,7 @@ class StudentConfig:
     kind: str = "product"
     latent_codes: int = 4
     joint_weight: float = 1.0
+    data_weight: float = 0.0
 
     def validate(self, where: str = "student") -> None:
         self.train.validate(f"{where}.train")
@@ -306,12 +310,22 @@ class StudentConfig:
         _choice(self, where, "kind", STUDENT_KINDS)
         if self.kind in CORRELATED_KINDS:
             self.validate_mixture(where)
+        elif self.data_weight:
+            raise TsdfmError(
+                f"{where}.data_weight is a term of the correlated students' joint objective: "
+                f"set {where}.kind=chain (or mixture), or data_weight=0"
+            )
 
     def validate_mixture(self, where: str) -> None:
         if self.latent_codes < 2:
             raise TsdfmError(
                 f"{where}.latent_codes must be >= 2 for {where}.kind={self.kind} (one code is a "
                 f"product student), got {self.latent_codes}"
+            )
+        if not self.data_weight >= 0:
+            raise TsdfmError(
+                f"{where}.data_weight must be >= 0 (0 = off; the weight of the data's own step "
+                f"law, docs/mixture.md), got {self.data_weight}"
             )
         if not 0 <= self.joint_weight <= 1:
             raise TsdfmError(

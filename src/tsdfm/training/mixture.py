@@ -167,15 +167,53 @@ def chain_losses(
     return _assemble(target_logp, log_sbar, changeable, joint, product)
 
 
+def data_step(x1: Tensor, x_t: Tensor, q: Tensor, changeable: Tensor, generator) -> Tensor:
+    """One draw of the *true* step law from ``x_t`` (Di4C's data term): each changeable
+    position lands, with probability ``q``, on its clean token ``x1``.
+
+    Why this is exact: on the mask path ``x_t`` is ``x1`` with positions masked independently,
+    so given ``x_t`` the clean row is a draw of the data's joint posterior, and unmasking a
+    ``q``-fraction of the masked positions to it is a draw of the exact ``t -> t + dt`` step,
+    correlations included. On the uniform path ``x_t`` holds each ``x1`` token with
+    probability ``kappa(t)`` and noise otherwise; landing on ``x1`` with probability ``q``
+    keeps ``x_{t+dt}`` on the path's marginal ``kappa(t + dt)``, the coupling the sampler's
+    jumps use."""
+    u = torch.rand(x_t.shape, generator=generator, device=x_t.device)
+    land = changeable & (u < q.to(u.dtype).view(-1, 1))
+    return torch.where(land, x1, x_t)
+
+
+def joint_nll(
+    model, x: Tensor, t: Tensor, dt: Tensor, y: Tensor, q: Tensor, changeable: Tensor,
+    source: str, mask_id: int, codes: int,
+) -> Tensor:  # fmt: skip
+    """``-log P(y | x)`` under the student's step (mixture or chain), summed over rows and
+    divided by the number of changeable positions: the data term's loss."""
+    if latent_chain_of(model):
+        logits, log_trans = model.chain_terms(x, t, dt)
+        logs = torch.log_softmax(logits.float(), dim=-1).permute(2, 0, 1, 3)
+        ll = step_log_likelihoods(logs, x, y, q, source, mask_id, changeable).permute(1, 2, 0)
+        joint = chain_log_likelihood(ll, log_trans)[0]
+    else:
+        b = x.shape[0]
+        z = torch.arange(codes, device=x.device).repeat_interleave(b)
+        logits = model(x.repeat(codes, 1), t.repeat(codes), dt.repeat(codes), z)
+        logs = torch.log_softmax(logits.view(codes, b, *logits.shape[1:]).float(), dim=-1)
+        ll = step_log_likelihoods(logs, x, y, q, source, mask_id, changeable)
+        joint = torch.logsumexp(ll.sum(-1), dim=0) - math.log(codes)
+    return -joint.sum() / changeable.float().sum().clamp_min(1.0)
+
+
 class MixtureObjective(ShortcutObjective):
     """:class:`ShortcutObjective` for a mixture student: the same rows, anchors and exact
     per-position targets, plus one draw ``y`` of the composed step and the student under every
     code (module doc). Metrics: ``anchor_frac``, ``mix_marginal`` and ``mix_corr`` (the two loss
     terms) and ``mix_pmi`` (the student's pointwise total correlation at ``y``, nats per row)."""
 
-    def __init__(self, *args, latent_codes: int, joint_weight: float, **kw):
+    def __init__(self, *args, latent_codes: int, joint_weight: float, data_weight: float = 0.0,
+                 **kw):  # fmt: skip
         super().__init__(*args, **kw)
-        self.codes, self.joint_weight = latent_codes, joint_weight
+        self.codes, self.joint_weight, self.data_weight = latent_codes, joint_weight, data_weight
 
     def target_model_fn(self, generator):
         """The EMA mixture student, with one code per row from the training generator."""
@@ -209,6 +247,13 @@ class MixtureObjective(ShortcutObjective):
             "mix_corr": float(correlation.detach()),
             "mix_pmi": float(pmi),
         }
+        if self.data_weight > 0:  # Di4C's data term: the true step's joint, drawn from x1
+            y_data = data_step(x1, x_t, q, changeable, generator)
+            data = joint_nll(
+                model, x_t, t, dt, y_data, q, changeable, self.source, self.mask_id, self.codes
+            )
+            loss = loss + self.data_weight * data
+            metrics["mix_data_nll"] = float(data.detach())
         if self.navigator is not None and model.training:
             metrics.update(self.navigation_metrics())
         return loss, metrics

@@ -179,7 +179,7 @@ def midpoint_setup(
 def mixture_extra(st) -> dict:
     """What ``config.json`` records of a mixture student's training (``extra``); the number of
     codes itself is the config's ``latent_codes``."""
-    return {"kind": st.kind, "joint_weight": st.joint_weight}
+    return {"kind": st.kind, "joint_weight": st.joint_weight, "data_weight": st.data_weight}
 
 
 def train_student(
@@ -231,7 +231,9 @@ def train_student(
     objective_cls, options = ShortcutObjective, {}
     if mixture:
         objective_cls = MixtureObjective
-        options = dict(latent_codes=st.latent_codes, joint_weight=st.joint_weight)
+        options = dict(
+            latent_codes=st.latent_codes, joint_weight=st.joint_weight, data_weight=st.data_weight
+        )
     objective = objective_cls(
         teacher,
         cfg.student,
