@@ -259,3 +259,55 @@ def test_the_data_term_alone_teaches_the_datas_joint():
         opt.step()
     unequal, selftv = unequal_and_selftv(one_step(student.eval(), 8_000, seed=5))
     assert unequal < 0.1 and selftv > 0.35  # target 0 / 0.5; a product step: 0.5 / 0
+
+
+def test_the_latent_head_learns_at_its_own_rate():
+    """``student.latent_lr_scale``: the chain head's parameters get ``lr x scale`` through the
+    warm-up and cosine, the body keeps ``lr``; every parameter is in exactly one group, and
+    without scales the layout is the plain two groups (decay, no decay) checkpoints expect.
+    One Adam step from the same gradients moves the transition table ``scale`` times further."""
+    from tsdfm.config import TrainConfig
+    from tsdfm.training.loop import make_optimizer, make_scheduler
+    from tsdfm.training.student import LATENT_PREFIXES
+
+    student = tiny_chain(codes=3, length=4, scale=1.0)
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, steps=100)
+    plain = make_optimizer(student, cfg)
+    assert [g["lr_scale"] for g in plain.param_groups] == [1.0, 1.0]
+    assert [g["weight_decay"] for g in plain.param_groups] == [cfg.weight_decay, 0.0]
+    opt = make_optimizer(student, cfg, {p: 30.0 for p in LATENT_PREFIXES})
+    chain_ids = {id(p) for p in student.chain.parameters()}
+    grouped = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in student.parameters())
+    for g in opt.param_groups:
+        ids = {id(p) for p in g["params"]}
+        assert ids <= chain_ids if g["lr_scale"] == 30.0 else not ids & chain_ids
+    sched = make_scheduler(opt, cfg)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    rates = {g["lr_scale"]: g["lr"] for g in opt.param_groups}
+    assert rates[30.0] == pytest.approx(30 * rates[1.0])
+
+    def moved(scale):
+        model = tiny_chain(codes=3, length=4, scale=1.0)
+        before = model.chain.pairwise.detach().clone()
+        x = torch.full((8, 4), MASK)
+        logits, log_trans = model.chain_terms(x, torch.zeros(8), torch.ones(8))
+        (logits.pow(2).mean() + log_trans.exp().pow(2).mean()).backward()
+        opt = make_optimizer(model, cfg, {"chain.": scale})
+        opt.step()
+        return float((model.chain.pairwise.detach() - before).abs().max())
+
+    assert moved(30.0) == pytest.approx(30 * moved(1.0), rel=1e-3)
+
+
+def test_latent_lr_scale_is_refused_where_it_means_nothing():
+    from tsdfm.config import StudentConfig
+    from tsdfm.errors import TsdfmError
+
+    with pytest.raises(TsdfmError, match="latent_lr_scale.*kind=chain"):
+        StudentConfig(latent_lr_scale=10).validate()
+    with pytest.raises(TsdfmError, match="latent_lr_scale must be > 0"):
+        StudentConfig(kind="chain", latent_codes=4, latent_lr_scale=0).validate()
+    StudentConfig(kind="chain", latent_codes=4, latent_lr_scale=30).validate()

@@ -258,6 +258,11 @@ class StudentConfig:
     ``data_weight`` (correlated kinds, default 0) adds Di4C's data term: the student's
     ``-log P(y)`` at a draw of the *data's* own step law (clean tokens landed with the step's
     switch probability), a teacher-free joint signal at every step size.
+    ``latent_lr_scale`` (correlated kinds, default 1) multiplies ``train.lr`` for the latent
+    head's parameters (the chain's transition table, code offsets and per-position term; the
+    mixture's code embedding), which start from scratch while the body is fine-tuned from the
+    teacher: Adam moves a parameter by at most about ``lr`` per step, so at ``lr = 3e-4`` a
+    transition logit moves at most ~0.3 nats in 1,200 steps (docs/mixture.md).
     """
 
     train: TrainConfig = field(
@@ -277,6 +282,7 @@ class StudentConfig:
     latent_codes: int = 4
     joint_weight: float = 1.0
     data_weight: float = 0.0
+    latent_lr_scale: float = 1.0
 
     def validate(self, where: str = "student") -> None:
         self.train.validate(f"{where}.train")
@@ -315,6 +321,12 @@ class StudentConfig:
                 f"{where}.data_weight is a term of the correlated students' joint objective: "
                 f"set {where}.kind=chain (or mixture), or data_weight=0"
             )
+        elif self.latent_lr_scale != 1:
+            raise TsdfmError(
+                f"{where}.latent_lr_scale scales the learning rate of a correlated student's "
+                f"latent head, which a product student has not: set {where}.kind=chain (or "
+                "mixture), or latent_lr_scale=1"
+            )
 
     def validate_mixture(self, where: str) -> None:
         if self.latent_codes < 2:
@@ -326,6 +338,11 @@ class StudentConfig:
             raise TsdfmError(
                 f"{where}.data_weight must be >= 0 (0 = off; the weight of the data's own step "
                 f"law, docs/mixture.md), got {self.data_weight}"
+            )
+        if not self.latent_lr_scale > 0:
+            raise TsdfmError(
+                f"{where}.latent_lr_scale must be > 0 (a multiplier of {where}.train.lr for the "
+                f"latent head; 1 = the body's rate), got {self.latent_lr_scale}"
             )
         if not 0 <= self.joint_weight <= 1:
             raise TsdfmError(

@@ -90,15 +90,37 @@ class BatchStream:
         return torch.as_tensor(np.asarray(rows, dtype=np.int64))
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on norms, biases and embeddings-as-vectors (1-D params)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+def make_optimizer(
+    model: nn.Module, cfg: TrainConfig, lr_scales: dict[str, float] | None = None
+) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on norms, biases and embeddings-as-vectors (1-D params).
+
+    ``lr_scales`` maps a parameter-name prefix (``"chain."``) to a multiplier of ``lr`` for
+    the parameters under it (their own groups, same warm-up and cosine). Why: Adam moves a
+    parameter by at most about ``lr`` per step, so a head initialised from scratch on top of a
+    body fine-tuned at a small ``lr`` (the chain student's transition table, 3e-4 x 1,200 steps
+    = at most ~0.3 nats) cannot reach the logits it needs inside the budget."""
+    lr_scales = lr_scales or {}
+
+    def scale_of(name: str) -> float:
+        return next((s for prefix, s in lr_scales.items() if name.startswith(prefix)), 1.0)
+
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((p.dim() >= 2, scale_of(name)), []).append(p)
+    # plain groups first, in the order of a model without scales (checkpoints keep their layout)
+    order = sorted(groups, key=lambda k: (k[1] != 1.0, k[1], not k[0]))
+    param_groups = [
+        {
+            "params": groups[k],
+            "weight_decay": cfg.weight_decay if k[0] else 0.0,
+            "lr": cfg.lr * k[1],
+            "lr_scale": k[1],
+        }
+        for k in order
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
@@ -177,10 +199,12 @@ class Trainer:
         extra_state: Callable[[], dict] | None = None,
         on_start: Callable[[], None] | None = None,
         config_key: str = "train",
+        lr_scales: dict[str, float] | None = None,
     ):
         """``on_start`` runs on rank 0 once the run directory is locked, before anything else is
         written (the stages record their ``config.yaml`` there); ``config_key`` is this stage's
-        section in the config (``teacher.train``), named in advice to the user."""
+        section in the config (``teacher.train``), named in advice to the user; ``lr_scales``:
+        learning-rate multipliers by parameter-name prefix (:func:`make_optimizer`)."""
         self.dist = distributed.setup(cfg.device)
         self.device = self.dist.device
         self.accum = cfg.grad_accum_steps
@@ -201,7 +225,7 @@ class Trainer:
         self.train = BatchStream(train_data, cfg.batch_size, cfg.seed)
         self.valid = valid_data
         self.ckpt = CheckpointManager(self.out_dir / "checkpoints", cfg.keep_checkpoints)
-        self.opt = make_optimizer(model, cfg)
+        self.opt = make_optimizer(model, cfg, lr_scales)
         self.sched = make_scheduler(self.opt, cfg)
         self.ema = AveragedModel(
             model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
@@ -323,7 +347,7 @@ class Trainer:
         """
         for group in self.opt.param_groups:
             group.pop("initial_lr", None)
-            group["lr"] = self.cfg.lr
+            group["lr"] = self.cfg.lr * group.get("lr_scale", 1.0)
         self.sched = make_scheduler(self.opt, self.cfg)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"

@@ -183,24 +183,41 @@ def data_step(x1: Tensor, x_t: Tensor, q: Tensor, changeable: Tensor, generator)
     return torch.where(land, x1, x_t)
 
 
+def joint_log_likelihood(
+    logits: Tensor, log_trans: Tensor | None, x: Tensor, y: Tensor, q: Tensor,
+    changeable: Tensor, source: str, mask_id: int,
+) -> Tensor:  # fmt: skip
+    """``log P(y | x)`` ``[B]`` under the student's step from its logits: a chain's
+    ``[B, L, K, C]`` with its transitions ``log_trans`` (the forward algorithm), or a mixture's
+    ``[K, B, L, C]`` with ``log_trans = None`` (a log-mean-exp over the codes)."""
+    logs = torch.log_softmax(logits.float(), dim=-1)
+    if log_trans is not None:
+        ll = step_log_likelihoods(logs.permute(2, 0, 1, 3), x, y, q, source, mask_id, changeable)
+        return chain_log_likelihood(ll.permute(1, 2, 0), log_trans)[0]
+    ll = step_log_likelihoods(logs, x, y, q, source, mask_id, changeable)
+    return torch.logsumexp(ll.sum(-1), dim=0) - math.log(logits.shape[0])
+
+
+def student_step_terms(model, x: Tensor, t: Tensor, dt: Tensor, codes: int):
+    """``(logits, log_trans)`` of a correlated student at ``x``: one body pass for a chain
+    (``[B, L, K, C]`` and its transitions), ``K`` copies of each row for a mixture
+    (``[K, B, L, C]``, ``None``)."""
+    if latent_chain_of(model):
+        return model.chain_terms(x, t, dt)
+    b = x.shape[0]
+    z = torch.arange(codes, device=x.device).repeat_interleave(b)
+    logits = model(x.repeat(codes, 1), t.repeat(codes), dt.repeat(codes), z)
+    return logits.view(codes, b, *logits.shape[1:]), None
+
+
 def joint_nll(
     model, x: Tensor, t: Tensor, dt: Tensor, y: Tensor, q: Tensor, changeable: Tensor,
     source: str, mask_id: int, codes: int,
 ) -> Tensor:  # fmt: skip
     """``-log P(y | x)`` under the student's step (mixture or chain), summed over rows and
     divided by the number of changeable positions: the data term's loss."""
-    if latent_chain_of(model):
-        logits, log_trans = model.chain_terms(x, t, dt)
-        logs = torch.log_softmax(logits.float(), dim=-1).permute(2, 0, 1, 3)
-        ll = step_log_likelihoods(logs, x, y, q, source, mask_id, changeable).permute(1, 2, 0)
-        joint = chain_log_likelihood(ll, log_trans)[0]
-    else:
-        b = x.shape[0]
-        z = torch.arange(codes, device=x.device).repeat_interleave(b)
-        logits = model(x.repeat(codes, 1), t.repeat(codes), dt.repeat(codes), z)
-        logs = torch.log_softmax(logits.view(codes, b, *logits.shape[1:]).float(), dim=-1)
-        ll = step_log_likelihoods(logs, x, y, q, source, mask_id, changeable)
-        joint = torch.logsumexp(ll.sum(-1), dim=0) - math.log(codes)
+    logits, log_trans = student_step_terms(model, x, t, dt, codes)
+    joint = joint_log_likelihood(logits, log_trans, x, y, q, changeable, source, mask_id)
     return -joint.sum() / changeable.float().sum().clamp_min(1.0)
 
 
@@ -227,16 +244,12 @@ class MixtureObjective(ShortcutObjective):
         target, anchor, y = self.step_targets(model, x_t, t, dt, generator, sample=True)
         q = switch_probability(t, dt, self.scheduler, x_t.device)
         changeable = self.changeable(x_t)
-        if latent_chain_of(model):
-            logits, log_trans = model.chain_terms(x_t, t, dt)
+        logits, log_trans = student_step_terms(model, x_t, t, dt, self.codes)
+        if log_trans is not None:
             marginal, correlation, pmi = chain_losses(
                 logits, log_trans, target, x_t, y, q, changeable, self.source, self.mask_id
             )
         else:
-            b, k = x_t.shape[0], self.codes
-            z = torch.arange(k, device=x_t.device).repeat_interleave(b)
-            logits = model(x_t.repeat(k, 1), t.repeat(k), dt.repeat(k), z)
-            logits = logits.view(k, b, *logits.shape[1:])
             marginal, correlation, pmi = mixture_losses(
                 logits, target, x_t, y, q, changeable, self.source, self.mask_id
             )
@@ -248,10 +261,12 @@ class MixtureObjective(ShortcutObjective):
             "mix_pmi": float(pmi),
         }
         if self.data_weight > 0:  # Di4C's data term: the true step's joint, drawn from x1
+            # the same rows x_t, so the same network outputs: only the landing y differs
             y_data = data_step(x1, x_t, q, changeable, generator)
-            data = joint_nll(
-                model, x_t, t, dt, y_data, q, changeable, self.source, self.mask_id, self.codes
+            joint = joint_log_likelihood(
+                logits, log_trans, x_t, y_data, q, changeable, self.source, self.mask_id
             )
+            data = -joint.sum() / changeable.float().sum().clamp_min(1.0)
             loss = loss + self.data_weight * data
             metrics["mix_data_nll"] = float(data.detach())
         if self.navigator is not None and model.training:
@@ -263,6 +278,8 @@ __all__ = [
     "MixtureObjective",
     "chain_log_likelihood",
     "chain_losses",
+    "joint_log_likelihood",
+    "joint_nll",
     "mixture_losses",
     "step_log_likelihoods",
 ]

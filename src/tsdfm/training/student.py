@@ -179,7 +179,15 @@ def midpoint_setup(
 def mixture_extra(st) -> dict:
     """What ``config.json`` records of a mixture student's training (``extra``); the number of
     codes itself is the config's ``latent_codes``."""
-    return {"kind": st.kind, "joint_weight": st.joint_weight, "data_weight": st.data_weight}
+    return {
+        "kind": st.kind,
+        "joint_weight": st.joint_weight,
+        "data_weight": st.data_weight,
+        "latent_lr_scale": st.latent_lr_scale,
+    }
+
+
+LATENT_PREFIXES = ("chain.", "latent_emb.")  # the latent head's parameters (tsdfm.models.latent)
 
 
 def train_student(
@@ -266,6 +274,7 @@ def train_student(
         progress=progress,
         on_start=record,
         config_key="student.train",
+        lr_scales={p: st.latent_lr_scale for p in LATENT_PREFIXES} if mixture else None,
     )
     objective.target_model = trainer.ema.module
     result = trainer.fit(resume=resume)
