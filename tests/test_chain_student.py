@@ -311,3 +311,43 @@ def test_latent_lr_scale_is_refused_where_it_means_nothing():
     with pytest.raises(TsdfmError, match="latent_lr_scale must be > 0"):
         StudentConfig(kind="chain", latent_codes=4, latent_lr_scale=0).validate()
     StudentConfig(kind="chain", latent_codes=4, latent_lr_scale=30).validate()
+
+
+def test_a_chain_student_with_a_scaled_head_resumes_exactly(run):  # noqa: F811
+    """The latent head's own optimizer groups survive a checkpoint: a run stopped at step 2 and
+    resumed ends with the losses and weights of the uninterrupted run (a resume that rebuilt the
+    groups at the body's rate would move the head 30x less from step 3 on)."""
+    import csv
+
+    from safetensors.torch import load_file
+    from test_shaping_cli import student_args
+
+    from tsdfm.cli import main
+
+    root = run[0]
+    flags = ("--kind", "chain", "student.latent_codes=3", "student.latent_lr_scale=30")
+    more = ("student.train.steps=4", "student.train.ckpt_every=2", "student.train.eval_every=4")
+    full, parts = root / "chain-lr-full", root / "chain-lr-parts"
+    assert main([*student_args(run, full, *flags), *more]) == 0
+    assert main([*student_args(run, parts, *flags), *more, "student.train.stop_at_step=2"]) == 0
+    assert main([*student_args(run, parts, *flags), *more, "--resume"]) == 0
+    loss = lambda d: [r["loss"] for r in csv.DictReader(open(d / "log.csv"))]  # noqa: E731
+    assert len(loss(full)) == 4 and loss(parts) == loss(full)
+    a, b = (load_file(d / "model" / "model.safetensors") for d in (full, parts))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # a resume that changes lr replays the schedule: every group, the head included, then has
+    # the rate a fresh run of the new config has at that step
+    longer = ("student.train.steps=8", "student.train.ckpt_every=2", "student.train.eval_every=8")
+    fresh, changed = root / "chain-lr-fresh", root / "chain-lr-changed"
+    stop = lambda n: f"student.train.stop_at_step={n}"  # noqa: E731
+    new_lr = "student.train.lr=2e-3"
+    assert main([*student_args(run, fresh, *flags), *longer, new_lr, stop(4)]) == 0
+    assert main([*student_args(run, changed, *flags), *longer, stop(2)]) == 0
+    assert main([*student_args(run, changed, *flags), *longer, new_lr, stop(4), "--resume"]) == 0
+
+    def rates(d):
+        ckpt = torch.load(d / "checkpoints" / "step_0000004.pt", weights_only=True)
+        return {g["lr_scale"]: g["lr"] for g in ckpt["optimizer"]["param_groups"]}
+
+    assert rates(changed) == pytest.approx(rates(fresh))
+    assert rates(fresh)[30.0] > 10 * rates(fresh)[1.0]

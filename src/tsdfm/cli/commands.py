@@ -87,14 +87,11 @@ def _model_dir(path: str | Path) -> Path:
 def _train_student(args) -> None:
     from tsdfm.training.student import shaping_setup, train_student
 
+    # the flags are overrides that win over the config and key=value ones, folded in before the
+    # config is validated, so that ``--kind chain student.data_weight=1`` is checked as a whole
+    flags = {"anchor": args.anchor, "midpoint": args.midpoint, "kind": args.kind}
+    args.overrides = [*args.overrides, *(f"student.{k}={v}" for k, v in flags.items() if v)]
     cfg = _cfg(args)
-    if args.anchor is not None:
-        cfg.student.anchor = args.anchor
-    if args.midpoint is not None:
-        cfg.student.midpoint = args.midpoint
-    if args.kind is not None:
-        cfg.student.kind = args.kind
-        cfg.student.validate()
     navigate = _apply_shaping_flags(args, cfg.student.shaping)
     sh = cfg.student.shaping
     teacher_dir = _model_dir(args.teacher or f"runs/{cfg.name}/teacher")
