@@ -97,10 +97,10 @@ def make_optimizer(
 
     ``lr_scales`` maps a parameter-name prefix (``"chain."``) to a multiplier of ``lr`` for
     the parameters under it (their own groups, same warm-up and cosine; the cosine ends at the
-    shared floor ``min_lr_ratio * lr``). Why: Adam moves a
-    parameter by at most about ``lr`` per step, so a head initialised from scratch on top of a
-    body fine-tuned at a small ``lr`` (the chain student's transition table, 3e-4 x 1,200 steps
-    x cosine = at most ~0.2 nats) cannot reach the logits it needs inside the budget."""
+    shared floor ``min_lr_ratio * lr``). Why: Adam moves a parameter by at most about ``lr``
+    per step, so a head initialised from scratch on top of a body fine-tuned at a small ``lr``
+    (the chain student's transition table, 3e-4 x 1,200 steps x cosine = at most ~0.2 nats)
+    cannot reach the logits it needs inside the budget."""
     lr_scales = lr_scales or {}
 
     def scale_of(name: str) -> float:

@@ -218,6 +218,11 @@ def joint_nll(
     divided by the number of changeable positions: the data term's loss."""
     logits, log_trans = student_step_terms(model, x, t, dt, codes)
     joint = joint_log_likelihood(logits, log_trans, x, y, q, changeable, source, mask_id)
+    return per_position_nll(joint, changeable)
+
+
+def per_position_nll(joint: Tensor, changeable: Tensor) -> Tensor:
+    """``-sum_rows log P(y | x)`` per changeable position (the data term's scale)."""
     return -joint.sum() / changeable.float().sum().clamp_min(1.0)
 
 
@@ -266,7 +271,7 @@ class MixtureObjective(ShortcutObjective):
             joint = joint_log_likelihood(
                 logits, log_trans, x_t, y_data, q, changeable, self.source, self.mask_id
             )
-            data = -joint.sum() / changeable.float().sum().clamp_min(1.0)
+            data = per_position_nll(joint, changeable)
             loss = loss + self.data_weight * data
             metrics["mix_data_nll"] = float(data.detach())
         if self.navigator is not None and model.training:
