@@ -12,26 +12,39 @@ from tsdfm.models import Denoiser, DenoiserConfig, build_student
 V, L = 11, 10
 
 
-def _model(source: str = "mask", student: bool = True, seed: int = 0) -> Denoiser:
+def _model(source: str = "mask", student: bool = True, seed: int = 0, chain: bool = False):
+    """A small denoiser; ``chain``: a chain student (3 codes) whose codes matter."""
     torch.manual_seed(seed)
     cfg = DenoiserConfig(
         vocab_size=V + 1, num_classes=V, max_len=L, dim=32, n_layers=2, n_heads=2,
         time_cond=source == "uniform", source=source,
     )  # fmt: skip
     m = Denoiser(cfg)
-    m = build_student(m) if student else m
+    m = build_student(m, latent_codes=3 if chain else 0, latent_chain=chain) if student else m
     with torch.no_grad():  # move the zero-initialised conditioning so that t and dt matter
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))
+        if chain:  # codes far apart, transitions that depend on the features
+            m.chain.shift.normal_(0, 2.0)
+            m.chain.unary.weight.normal_(0, 0.5)
     return m.eval()
 
 
 @pytest.mark.parametrize(
-    "source,student", [("mask", True), ("uniform", True), ("mask", False), ("uniform", False)]
+    "source,student,chain",
+    [
+        ("mask", True, False),
+        ("uniform", True, False),
+        ("mask", False, False),
+        ("uniform", False, False),
+        ("mask", True, True),
+        ("uniform", True, True),
+    ],
 )
-def test_forward_at_positions_equals_the_full_forward_there(source, student):
-    """Students (adaLN from dt), a time-conditioned teacher and an unconditioned one."""
-    m = _model(source, student)
+def test_forward_at_positions_equals_the_full_forward_there(source, student, chain):
+    """Students (adaLN from dt), a time-conditioned teacher, an unconditioned one, and chain
+    students (their codes drawn along the whole row from the same noise)."""
+    m = _model(source, student, chain=chain)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, V + 1, (6, L), generator=g)
     x[4] = x[1]  # a repeated row (computed once) ...
@@ -40,10 +53,16 @@ def test_forward_at_positions_equals_the_full_forward_there(source, student):
     dt = torch.full((6,), 0.125)
     pos = torch.rand(6, L, generator=g) < 0.4
     pos[2] = False  # a row with nothing to compute
+    z = (torch.rand(6, L, generator=g),) if chain else ()
     with torch.no_grad():
-        full, at = m(x, t, dt), m(x, t, dt, positions=pos)
+        full, at = m(x, t, dt, *z), m(x, t, dt, *z, positions=pos)
     assert at.shape == (int(pos.sum()), V)
     torch.testing.assert_close(at, full[pos], rtol=1e-5, atol=1e-5)
+    if chain:  # the codes matter: other noise, other logits at the same positions
+        with torch.no_grad():
+            other = m(x, t, dt, torch.rand(6, L, generator=g), positions=pos)
+        assert not torch.allclose(at, other, atol=1e-3)
+        return
     # rows 1 and 4 share ids and t, so they are one row of the body: equal logits there
     both = pos[1] & pos[4]
     if both.any():
@@ -69,14 +88,16 @@ def _draw(model, source, head_at_jumps, clamp=None, seed=3, batch=5, steps=6, **
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("chain", [False, True])
 @pytest.mark.parametrize("source", ["mask", "uniform"])
 @pytest.mark.parametrize(
     "filters", [{}, {"temperature": 0.7, "top_p": 0.8}, {"top_k": 3, "temperature": 1.5}]
 )
-def test_sampler_draws_the_same_samples_as_the_full_head(source, filters):
+def test_sampler_draws_the_same_samples_as_the_full_head(source, filters, chain):
     """Same seed, same trajectory: the switches are drawn first from the same uniforms, the
-    landings from the same Gumbel noise, with logits computed only where they are used."""
-    m = _model(source)
+    landings from the same Gumbel noise, with logits computed only where they are used (a
+    chain student's noise drawn first on both paths)."""
+    m = _model(source, chain=chain)
     clamp = torch.zeros(5, L, dtype=torch.bool)
     clamp[:, :3] = True  # a prompt
     clamp[4] = True  # a row with nothing to generate: skipped by the head-at-jumps path

@@ -90,7 +90,7 @@ def test_concurrent_requests_share_forward_passes_and_keep_their_samples(teacher
     )
 
 
-@pytest.mark.parametrize("model", ["student", "uniform"])
+@pytest.mark.parametrize("model", ["student", "uniform", "chain"])
 def test_batched_head_at_jumps_keeps_every_requests_samples(dirs, model):
     """Models that are not forward-cached take the head-at-switching-positions path in the
     batcher: merged requests (other steps, temperatures, top-p) still draw what each draws

@@ -12,7 +12,10 @@ rule, no cache): which positions switch in a step depends on the sampler's unifo
 the clamp only, so it is drawn before the model call, and the model returns logits at those
 positions alone (its body still sees the whole sequence). The random numbers and their order are
 those of :func:`~tsdfm.flow.jump.jump`, so the samples are the same; the head and the last block
-then cost about L positions over a whole run instead of ``steps * L``.
+then cost about L positions over a whole run instead of ``steps * L``. A chain student
+(docs/mixture.md) takes this path too: its noise is drawn first, where the full-head path
+draws it, so the samples are again the same; its body runs at every position (the codes run
+along the row), its offsets and head at the switching positions only.
 
 Caching (mask source only, DESIGN section 2): a model without time conditioning returns
 the same logits until some position of the row unmasks, so only rows whose ids changed
@@ -142,16 +145,25 @@ def supports_positions(model_fn) -> bool:
 
 
 def _logits_at(
-    model_fn, x: Tensor, t: Tensor, dt: Tensor, switch: Tensor, num_classes: int
+    model_fn,
+    x: Tensor,
+    t: Tensor,
+    dt: Tensor,
+    switch: Tensor,
+    num_classes: int,
+    z: Tensor | None = None,
 ) -> tuple[Tensor, int]:
     """``(logits [N, C] at x[switch], rows forwarded)``; rows without a switching position
-    are left out of the call, and no call is made when nothing switches."""
+    are left out of the call (and of a chain student's noise ``z``), and no call is made when
+    nothing switches."""
     rows = switch.any(dim=1).nonzero().squeeze(1)
     if rows.numel() == 0:
         return torch.zeros(0, num_classes, device=x.device), 0
     if rows.numel() < x.shape[0]:
         x, t, dt, switch = x[rows], t[rows], dt[rows], switch[rows]
-    logits = model_fn(x, t, dt, positions=switch)
+        z = None if z is None else z[rows]
+    latent = () if z is None else (z,)
+    logits = model_fn(x, t, dt, *latent, positions=switch)
     expected = (int(switch.sum()), num_classes)
     if tuple(logits.shape) != expected:
         raise TsdfmError(
@@ -248,8 +260,10 @@ def sample(
             dt_vec = torch.full((batch,), dt_model, dtype=torch.float32, device=device)
 
             if at_jumps:
+                # a chain student's noise first: the random stream of the full-head path
+                z = draw_model_latent(model_fn, x, generator) if latent_codes else None
                 switch = draw_switches(x, t_k, h_k, scheduler, source, mask_id, generator, clamp)
-                logits, moved = _logits_at(model_fn, x, t_vec, dt_vec, switch, mask_id)
+                logits, moved = _logits_at(model_fn, x, t_vec, dt_vec, switch, mask_id, z)
                 nfe_actual += int(moved > 0)
                 rows_forwarded += moved
                 logits = filter_logits(logits, top_k, top_p, temperature)

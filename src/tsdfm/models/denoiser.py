@@ -133,9 +133,10 @@ class Denoiser(PretrainedMixin, nn.Module):
     @property
     def supports_positions(self) -> bool:
         """The sampler may ask for logits at selected positions only (``forward(...,
-        positions=)``); a mixture student's code enters every position, so it may not; nor may a
-        chain student (its codes are drawn along the whole row)."""
-        return not self.config.latent_codes
+        positions=)``); a mixture student's code enters every position's input, so it may
+        not. A chain student may: its codes run along the whole row, so it pays the body at
+        every position, but its offsets and head only where tokens move (:meth:`_chain_at`)."""
+        return not self.config.latent_codes or self.config.latent_chain
 
     def latent(self, z: torch.Tensor | None, rows: int, device: torch.device) -> torch.Tensor:
         """The code's embedding ``[B, 1, dim]`` (``z`` drawn from the global generator when
@@ -168,15 +169,19 @@ class Denoiser(PretrainedMixin, nn.Module):
         same operations as in the full call. The finite-step sampler moves about L of the
         8L positions in 8 steps, and these are decided before the call (see
         ``tsdfm.flow.jump``), so it pays the head for L positions, as an AR model does. A
-        mixture student's code enters every position, so it takes the plain path.
+        mixture student's code enters every position, so it takes the plain path; a chain
+        student runs its body in full and its head at the N positions (``z`` its noise).
         """
         if x.shape[1] > self.config.max_len:
             raise ValueError(f"sequence length {x.shape[1]} > model max_len {self.config.max_len}")
         if z is not None and not self.config.latent_codes:
             raise ValueError("this denoiser has no latent (latent_codes = 0): do not pass z")
-        plain = bool(self.config.latent_codes) or (self.training and self.config.dropout > 0)
+        per_sample = self.latent_emb is not None
+        plain = per_sample or (self.training and self.config.dropout > 0)
         if positions is not None and plain:
-            return self.forward(x, t, dt, z)[positions]  # latent or dropout: the plain path
+            return self.forward(x, t, dt, z)[positions]  # a code or dropout: the plain path
+        if positions is not None and self.chain is not None:
+            return self._chain_at(x, t, dt, z, positions)
         if positions is not None:
             return self._forward_at(x, t, dt, positions)
         h = self.embed(x)
@@ -206,10 +211,24 @@ class Denoiser(PretrainedMixin, nn.Module):
         logits = self.head(h.unsqueeze(2) + self.chain.all_offsets(h)).float()
         return logits, self.chain.log_transitions(h)
 
+    def _chain_at(self, x, t, dt, u, positions: torch.Tensor) -> torch.Tensor:
+        """A chain student's logits at ``positions`` only. Its codes run along the whole row, so
+        the body runs at every position (unlike :meth:`_forward_at`, the last block too), but
+        identical rows (the all-[MASK] first step) go through it once, and the code offsets and
+        the head run at the N selected positions alone."""
+        rows, cols = _positions(x, positions)
+        if rows.numel() == 0:
+            return self.head.weight.new_zeros(0, self.config.num_classes).float()
+        if u is None:
+            u = torch.rand(x.shape, device=x.device)
+        x, t, dt, which = _distinct_rows(x, t, dt)
+        h = self.features(self.embed(x), t, dt)
+        if which is not None:
+            h = h[which]
+        return self.head(self.chain.forward_at(h, u, rows, cols)).float()
+
     def _forward_at(self, x, t, dt, positions: torch.Tensor) -> torch.Tensor:
-        if positions.shape != x.shape or positions.dtype != torch.bool:
-            raise ValueError(f"positions must be a bool mask of x's shape {tuple(x.shape)}")
-        rows, cols = positions.nonzero(as_tuple=True)
+        rows, cols = _positions(x, positions)
         if rows.numel() == 0:
             return self.head.weight.new_zeros(0, self.config.num_classes).float()
         x, t, dt, which = _distinct_rows(x, t, dt)
@@ -238,6 +257,13 @@ class Denoiser(PretrainedMixin, nn.Module):
             h = block(h, cond)
         h = self.blocks[-1].forward_at(h, cond, rows, cols)
         return self.head(self.norm(h)).float()
+
+
+def _positions(x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, cols)`` of the bool mask ``positions`` (checked to have ``x``'s shape)."""
+    if positions.shape != x.shape or positions.dtype != torch.bool:
+        raise ValueError(f"positions must be a bool mask of x's shape {tuple(x.shape)}")
+    return positions.nonzero(as_tuple=True)
 
 
 def _distinct_rows(x, t, dt):

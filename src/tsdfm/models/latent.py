@@ -177,7 +177,18 @@ class LatentChain(nn.Module):
 
     def forward(self, h: Tensor, u: Tensor) -> Tensor:
         """``h_i + delta_{z_i}(h_i)`` ``[B, L, dim]`` at the codes drawn from ``u``."""
-        codes = self.draw_codes(h, u)
+        return self._offset(h, self.draw_codes(h, u))
+
+    def forward_at(self, h: Tensor, u: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        """:meth:`forward` at the positions ``(rows[n], cols[n])`` only, ``[N, dim]``.
+
+        The codes are drawn along the whole row (a switching position's code depends on every
+        code before it, so on ``u_i`` and ``h_i`` at every position), but the offsets, and the
+        vocabulary head after them, are needed only where the sampler moves a token. Same codes
+        and the same per-position operations as :meth:`forward`, so the same values."""
+        return self._offset(h[rows, cols], self.draw_codes(h, u)[rows, cols])
+
+    def _offset(self, h: Tensor, codes: Tensor) -> Tensor:
         return h + self.project(h) * self.scale[codes].to(h.dtype) + self.shift[codes].to(h.dtype)
 
 

@@ -14,7 +14,8 @@ As in :func:`tsdfm.flow.sampler.sample`, a model that accepts ``positions=`` (th
 asked for logits only where positions move: each request first draws which of its positions
 switch this step (its own generator, the same uniforms the sampler draws), the batched forward
 runs the last block and the head at those positions alone, and each request then draws its
-landing tokens there. Forward caching (a time-independent mask-source model:
+landing tokens there. A chain student's noise is drawn per request before its switches, as the
+sampler draws it. Forward caching (a time-independent mask-source model:
 ``tsdfm.generation.can_cache``) keeps the full-logits path, per request: only rows whose ids
 changed since their last forward are re-run.
 
@@ -219,6 +220,8 @@ class Batcher:
         """One sampler step of every job, the head only at switching positions: switches drawn
         per job, one forward per sequence length over the rows that move, landings per job."""
         begin = time.perf_counter()
+        # a chain student's noise first, per job: the random stream of the full-head path
+        noise = [self._latent(j, j.x) for j in jobs]
         switches = [
             draw_switches(
                 j.x, j.k / j.steps, (j.k + 1) / j.steps - j.k / j.steps, self.scheduler,
@@ -232,7 +235,11 @@ class Batcher:
         parts: list[Any] = [None] * len(jobs)
         for members in by_len.values():
             self._forward_at(
-                [jobs[i] for i in members], [switches[i] for i in members], members, parts
+                [jobs[i] for i in members],
+                [switches[i] for i in members],
+                [noise[i] for i in members],
+                members,
+                parts,
             )
         for job, switch, part in zip(jobs, switches, parts, strict=True):
             filtered = filter_logits(part, job.top_k, job.top_p, job.temperature)
@@ -240,23 +247,34 @@ class Batcher:
             job.k += 1
         self._report(jobs, time.perf_counter() - begin)
 
-    def _forward_at(self, jobs: list[Job], switches: list, where: list[int], parts: list) -> None:
+    def _latent(self, job: Job, x: Tensor) -> Tensor | None:
+        """This job's latent for the rows ``x`` (a mixture / chain student; None otherwise),
+        from its own generator."""
+        return draw_model_latent(self.model, x, job.generator) if self.latent_codes else None
+
+    def _forward_at(
+        self, jobs: list[Job], switches: list, noise: list, where: list[int], parts: list
+    ) -> None:
         """One batched forward (same length) at the switching positions of the rows that have
-        any; each job's ``[N_job, C]`` logits (row-major order of its switches) go to ``parts``."""
-        xs, ts, dts, sws, sizes = [], [], [], [], []
-        for job, switch in zip(jobs, switches, strict=True):
+        any; each job's ``[N_job, C]`` logits (row-major order of its switches) go to ``parts``.
+        ``noise``: each job's chain noise (None for a model without a latent)."""
+        xs, ts, dts, sws, zs, sizes = [], [], [], [], [], []
+        for job, switch, z in zip(jobs, switches, noise, strict=True):
             rows = switch.any(dim=1)
             xs.append(job.x[rows])
             sws.append(switch[rows])
+            if z is not None:
+                zs.append(z[rows])
             n = xs[-1].shape[0]
             ts.append(torch.full((n,), job.k / job.steps, device=self.device))
             dts.append(torch.full((n,), 1.0 / job.steps, device=self.device))
             sizes.append(int(switch.sum()))
         n_rows = sum(x.shape[0] for x in xs)
         if n_rows:
+            latent = (torch.cat(zs),) if zs else ()
             with autocast(self.device, self.dtype):
                 logits = self.model(
-                    torch.cat(xs), torch.cat(ts), torch.cat(dts), positions=torch.cat(sws)
+                    torch.cat(xs), torch.cat(ts), torch.cat(dts), *latent, positions=torch.cat(sws)
                 ).float()
         else:
             logits = torch.zeros(0, self.config.num_classes, device=self.device)
@@ -308,7 +326,7 @@ class Batcher:
             ts.append(torch.full((x.shape[0],), job.k / job.steps, device=self.device))
             dts.append(torch.full((x.shape[0],), 1.0 / job.steps, device=self.device))
             if self.latent_codes:  # a mixture / chain student: this job's latents, its generator
-                zs.append(draw_model_latent(self.model, x, job.generator))
+                zs.append(self._latent(job, x))
         sizes = [x.shape[0] for x in xs]
         if not sum(sizes):
             return
