@@ -21,16 +21,19 @@ from tsdfm.models import Denoiser, DenoiserConfig, build_student, latent, load_p
 from tsdfm.training.mixture import chain_log_likelihood, chain_losses, step_log_likelihoods
 
 
-def tiny_chain(codes=2, length=2, scale=0.0, seed=0):
+def tiny_chain(codes=2, length=2, scale=0.0, seed=0, features="last"):
     """A chain student over ``C`` symbols; ``scale > 0`` randomises its chain so that codes
-    matter (well-separated offsets, transitions that depend on the position's features)."""
+    matter (well-separated offsets, transitions that depend on the position's features).
+    ``features="penultimate"``: its transitions read the last block's input (two blocks, so
+    that input is not the embedding alone)."""
     torch.manual_seed(seed)
+    layers = 1 if features == "last" else 2
     teacher = Denoiser(
         DenoiserConfig(
-            vocab_size=C + 1, num_classes=C, max_len=length, dim=16, n_layers=1, n_heads=2
+            vocab_size=C + 1, num_classes=C, max_len=length, dim=16, n_layers=layers, n_heads=2
         )
     )
-    student = build_student(teacher, latent_codes=codes, latent_chain=True)
+    student = build_student(teacher, latent_codes=codes, latent_chain=True, chain_features=features)
     if scale:
         with torch.no_grad():
             student.chain.shift.normal_(0, scale)
@@ -53,8 +56,9 @@ def log_likelihoods(student, x, y, q):
     return ll, log_trans
 
 
-def test_forward_algorithm_equals_the_sum_over_every_code_sequence():
-    student = tiny_chain(codes=3, length=4, scale=1.0)
+@pytest.mark.parametrize("features", ["last", "penultimate"])
+def test_forward_algorithm_equals_the_sum_over_every_code_sequence(features):
+    student = tiny_chain(codes=3, length=4, scale=1.0, features=features)
     x = torch.tensor([[MASK] * 4, [0, MASK, MASK, 1], [MASK, 1, MASK, MASK]])
     y = torch.tensor([[0, 1, MASK, 1], [0, 1, 1, 1], [MASK, 1, 0, 1]])
     q = torch.full((3,), 0.5, dtype=torch.float64)
@@ -74,12 +78,16 @@ def test_forward_algorithm_equals_the_sum_over_every_code_sequence():
     assert float((log_pi.exp() - 1 / 3).abs().max()) > 1e-3
 
 
-def test_the_sampler_draws_the_law_the_objective_scores():
+@pytest.mark.parametrize("features", ["last", "penultimate"])
+def test_the_sampler_draws_the_law_the_objective_scores(features):
     """One step from all-mask (t = 0, dt = 1: every position lands) of a randomised chain
     student: the empirical frequency of each of the C^L outcomes matches exp(log P(y)) from the
     forward algorithm, and that law is not the product of its marginals."""
     length, n = 3, 20_000
-    student = tiny_chain(codes=3, length=length, scale=6.0, seed=1).eval()
+    # a seed whose random chain is clearly correlated (the check below), so that the
+    # frequencies could not match a product law by accident
+    seed = 1 if features == "last" else 3
+    student = tiny_chain(codes=3, length=length, scale=6.0, seed=seed, features=features).eval()
     outcomes = torch.tensor(list(itertools.product(range(C), repeat=length)))
     x = torch.full((len(outcomes), length), MASK)
     q = torch.ones(len(outcomes), dtype=torch.float64)
@@ -133,6 +141,15 @@ def test_chain_student_round_trip_and_seeded_sampling(tmp_path):
     )
     with pytest.raises(ValueError, match="uniform noise"):
         student(x0, torch.zeros(32), torch.ones(32), torch.zeros(32, dtype=torch.long))
+    penultimate = tiny_chain(codes=3, length=4, scale=1.0, features="penultimate")
+    penultimate.save_pretrained(tmp_path / "p")
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert config["chain_features"] == "penultimate"
+    loaded, _ = load_pretrained(tmp_path / "p")
+    assert loaded.chain.features == "penultimate"
+    x, t, u = torch.full((2, 4), MASK), torch.zeros(2), torch.rand(2, 4)
+    with torch.no_grad():
+        assert torch.equal(penultimate.eval()(x, t, t + 1, u), loaded(x, t, t + 1, u))
 
 
 def test_a_fresh_chain_student_is_near_its_teacher():
@@ -311,6 +328,11 @@ def test_latent_lr_scale_is_refused_where_it_means_nothing():
     with pytest.raises(TsdfmError, match="latent_lr_scale must be > 0"):
         StudentConfig(kind="chain", latent_codes=4, latent_lr_scale=0).validate()
     StudentConfig(kind="chain", latent_codes=4, latent_lr_scale=30).validate()
+    with pytest.raises(TsdfmError, match="chain_features.*kind=chain"):
+        StudentConfig(kind="mixture", chain_features="penultimate").validate()
+    with pytest.raises(TsdfmError, match="chain_features"):
+        StudentConfig(kind="chain", chain_features="first").validate()
+    StudentConfig(kind="chain", chain_features="penultimate").validate()
 
 
 def test_a_chain_student_with_a_scaled_head_resumes_exactly(run):  # noqa: F811

@@ -12,15 +12,18 @@ from tsdfm.models import Denoiser, DenoiserConfig, build_student
 V, L = 11, 10
 
 
-def _model(source: str = "mask", student: bool = True, seed: int = 0, chain: bool = False):
-    """A small denoiser; ``chain``: a chain student (3 codes) whose codes matter."""
+def _model(source: str = "mask", student: bool = True, seed: int = 0, chain: str = ""):
+    """A small denoiser; ``chain``: a chain student (3 codes) whose codes matter, its
+    transitions reading ``chain`` features (``last`` / ``penultimate``)."""
     torch.manual_seed(seed)
     cfg = DenoiserConfig(
         vocab_size=V + 1, num_classes=V, max_len=L, dim=32, n_layers=2, n_heads=2,
         time_cond=source == "uniform", source=source,
     )  # fmt: skip
     m = Denoiser(cfg)
-    m = build_student(m, latent_codes=3 if chain else 0, latent_chain=chain) if student else m
+    if student:
+        kw = dict(latent_codes=3, latent_chain=True, chain_features=chain) if chain else {}
+        m = build_student(m, **kw)
     with torch.no_grad():  # move the zero-initialised conditioning so that t and dt matter
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -33,12 +36,14 @@ def _model(source: str = "mask", student: bool = True, seed: int = 0, chain: boo
 @pytest.mark.parametrize(
     "source,student,chain",
     [
-        ("mask", True, False),
-        ("uniform", True, False),
-        ("mask", False, False),
-        ("uniform", False, False),
-        ("mask", True, True),
-        ("uniform", True, True),
+        ("mask", True, ""),
+        ("uniform", True, ""),
+        ("mask", False, ""),
+        ("uniform", False, ""),
+        ("mask", True, "last"),
+        ("uniform", True, "last"),
+        ("mask", True, "penultimate"),
+        ("uniform", True, "penultimate"),
     ],
 )
 def test_forward_at_positions_equals_the_full_forward_there(source, student, chain):
@@ -88,7 +93,7 @@ def _draw(model, source, head_at_jumps, clamp=None, seed=3, batch=5, steps=6, **
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("chain", [False, True])
+@pytest.mark.parametrize("chain", ["", "last", "penultimate"])
 @pytest.mark.parametrize("source", ["mask", "uniform"])
 @pytest.mark.parametrize(
     "filters", [{}, {"temperature": 0.7, "top_p": 0.8}, {"top_k": 3, "temperature": 1.5}]

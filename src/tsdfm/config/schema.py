@@ -207,6 +207,8 @@ class ShapingConfig:
 MIDPOINT_KINDS = ("model", "teacher", "exact-marginal", "exact-joint")
 STUDENT_KINDS = ("product", "mixture", "chain")
 CORRELATED_KINDS = ("mixture", "chain")
+# What a chain student's code transitions read (tsdfm.models.latent.LatentChain)
+CHAIN_FEATURES = ("last", "penultimate")
 
 
 @dataclass
@@ -263,6 +265,9 @@ class StudentConfig:
     mixture's code embedding), which start from scratch while the body is fine-tuned from the
     teacher: Adam moves a parameter by at most about ``lr`` per step, so at ``lr = 3e-4`` a
     transition logit moves at most ~0.2 nats in 1,200 cosine steps (docs/mixture.md).
+    ``chain_features`` (chain kind): what the code transitions read, ``last`` (default: the
+    head's features) or ``penultimate`` (the last block's input, so that sampling runs the last
+    block and the head only where tokens move, as for a product student; docs/mixture.md).
     """
 
     train: TrainConfig = field(
@@ -283,6 +288,7 @@ class StudentConfig:
     joint_weight: float = 1.0
     data_weight: float = 0.0
     latent_lr_scale: float = 1.0
+    chain_features: str = "last"
 
     def validate(self, where: str = "student") -> None:
         self.train.validate(f"{where}.train")
@@ -326,6 +332,12 @@ class StudentConfig:
                 f"{where}.latent_lr_scale scales the learning rate of a correlated student's "
                 f"latent head, which a product student has not: set {where}.kind=chain (or "
                 "mixture), or latent_lr_scale=1"
+            )
+        _choice(self, where, "chain_features", CHAIN_FEATURES)
+        if self.chain_features != "last" and self.kind != "chain":
+            raise TsdfmError(
+                f"{where}.chain_features says what a chain student's code transitions read; "
+                f"set {where}.kind=chain, or chain_features=last"
             )
 
     def validate_mixture(self, where: str) -> None:

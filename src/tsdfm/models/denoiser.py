@@ -53,6 +53,7 @@ class DenoiserConfig:
     dt_cond: bool = False
     latent_codes: int = 0
     latent_chain: bool = False
+    chain_features: str = "last"
     source: str = "mask"
     scheduler: str = "polynomial"
     exponent: float = 1.0
@@ -99,6 +100,8 @@ class Denoiser(PretrainedMixin, nn.Module):
             )
         if c.latent_chain and not c.latent_codes:
             raise ValueError("latent_chain needs latent_codes >= 2 (the number of codes)")
+        if c.chain_features != "last" and not c.latent_chain:
+            raise ValueError("chain_features is an option of a chain student (latent_chain)")
         per_sample = c.latent_codes and not c.latent_chain
         self.latent_emb = nn.Embedding(c.latent_codes, c.dim) if per_sample else None
         self.blocks = nn.ModuleList(
@@ -111,7 +114,9 @@ class Denoiser(PretrainedMixin, nn.Module):
         if self.latent_emb is not None:
             nn.init.normal_(self.latent_emb.weight, std=LATENT_INIT_STD)
         # after init_weights: the chain has its own initialisation (a sticky chain, small offsets)
-        self.chain = LatentChain(c.dim, c.latent_codes) if c.latent_chain else None
+        self.chain = (
+            LatentChain(c.dim, c.latent_codes, c.chain_features) if c.latent_chain else None
+        )
 
     @property
     def mask_id(self) -> int:
@@ -184,15 +189,15 @@ class Denoiser(PretrainedMixin, nn.Module):
             return self._chain_at(x, t, dt, z, positions)
         if positions is not None:
             return self._forward_at(x, t, dt, positions)
-        h = self.embed(x)
-        if self.latent_emb is not None:
-            h = h + self.latent(z, x.shape[0], x.device).to(h.dtype)
-        h = self.features(h, t, dt)
         if self.chain is not None:
             if z is None:
                 z = torch.rand(x.shape, device=x.device)
-            h = self.chain(h, z)
-        return self.head(h).float()
+            h, g = self._chain_features(x, t, dt)
+            return self.head(self.chain(h, z, g)).float()
+        h = self.embed(x)
+        if self.latent_emb is not None:
+            h = h + self.latent(z, x.shape[0], x.device).to(h.dtype)
+        return self.head(self.features(h, t, dt)).float()
 
     def features(self, h: torch.Tensor, t, dt) -> torch.Tensor:
         """The body on input embeddings ``h [B, L, dim]``, normalised: what the head reads."""
@@ -201,31 +206,53 @@ class Denoiser(PretrainedMixin, nn.Module):
             h = block(h, cond)
         return self.norm(h)
 
+    def _chain_features(self, x: torch.Tensor, t, dt) -> tuple[torch.Tensor, torch.Tensor]:
+        """A chain student's ``(h, g)``: the head's features and what its transitions read
+        (``h`` itself, or the last block's input: ``config.chain_features``)."""
+        cond = self.conditioning(t, dt)
+        h = self.embed(x)
+        for block in self.blocks[:-1]:
+            h = block(h, cond)
+        last = self.norm(self.blocks[-1](h, cond))
+        return last, self.chain.transition_features(h, last)
+
     def chain_terms(self, x: torch.Tensor, t, dt) -> tuple[torch.Tensor, torch.Tensor]:
         """A chain student's step law in full, for its exact likelihood (one body pass):
         ``(logits [B, L, K, num_classes]`` under every code, ``log P(z_i = b | z_{i-1} = a)
         [B, L, K, K])`` (float32; at position 0 every row is the law of ``z_0``)."""
         if self.chain is None:
             raise ValueError("chain_terms needs a chain student (latent_chain)")
-        h = self.features(self.embed(x), t, dt)
+        h, g = self._chain_features(x, t, dt)
         logits = self.head(h.unsqueeze(2) + self.chain.all_offsets(h)).float()
-        return logits, self.chain.log_transitions(h)
+        return logits, self.chain.log_transitions(g)
 
     def _chain_at(self, x, t, dt, u, positions: torch.Tensor) -> torch.Tensor:
         """A chain student's logits at ``positions`` only. Its codes run along the whole row, so
-        the body runs at every position (unlike :meth:`_forward_at`, the last block too), but
-        identical rows (the all-[MASK] first step) go through it once, and the code offsets and
-        the head run at the N selected positions alone."""
+        whatever its transitions read is computed at every position: the head's features
+        (``chain_features="last"``: the whole body, the last block included) or the last
+        block's input (``"penultimate"``: then the last block runs at the N positions alone,
+        as in :meth:`_forward_at`). Identical rows (the all-[MASK] first step) go through the
+        body once; the code offsets and the head run at the N positions alone. The same
+        operations as the full call at every returned logit."""
         rows, cols = _positions(x, positions)
         if rows.numel() == 0:
             return self.head.weight.new_zeros(0, self.config.num_classes).float()
         if u is None:
             u = torch.rand(x.shape, device=x.device)
         x, t, dt, which = _distinct_rows(x, t, dt)
-        h = self.features(self.embed(x), t, dt)
-        if which is not None:
-            h = h[which]
-        return self.head(self.chain.forward_at(h, u, rows, cols)).float()
+        at = rows if which is None else which[rows]  # the distinct row of each position
+        cond = self.conditioning(t, dt)
+        h = self.embed(x)
+        for block in self.blocks[:-1]:
+            h = block(h, cond)
+        if self.chain.reads_last:
+            g = self.norm(self.blocks[-1](h, cond))
+            h_at = g[at, cols]
+        else:
+            g = self.chain.transition_features(h, None)
+            h_at = self.norm(self.blocks[-1].forward_at(h, cond, at, cols))
+        codes = self.chain.draw_codes(g if which is None else g[which], u)
+        return self.head(self.chain.offset(h_at, codes[rows, cols])).float()
 
     def _forward_at(self, x, t, dt, positions: torch.Tensor) -> torch.Tensor:
         rows, cols = _positions(x, positions)
@@ -292,7 +319,11 @@ def _distinct_rows(x, t, dt):
 
 
 def build_student(
-    teacher: Denoiser, teacher_dir: str = "", latent_codes: int = 0, latent_chain: bool = False
+    teacher: Denoiser,
+    teacher_dir: str = "",
+    latent_codes: int = 0,
+    latent_chain: bool = False,
+    chain_features: str = "last",
 ) -> Denoiser:
     """Teacher weights plus a step-size embedding; outputs equal the teacher's for any dt.
 
@@ -308,6 +339,7 @@ def build_student(
             "dt_cond": True,
             "latent_codes": int(latent_codes),
             "latent_chain": bool(latent_chain),
+            "chain_features": chain_features,
         }
     )
     cfg.extra = {**teacher.config.extra, "teacher": teacher_dir}

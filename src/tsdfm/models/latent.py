@@ -21,7 +21,10 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from tsdfm.config.schema import CHAIN_FEATURES
 
 
 def latent_codes_of(model: Any) -> int:
@@ -62,6 +65,11 @@ def draw_latent(
 # enough that neighbouring positions share codes from the start (the codes separate only where
 # they co-occur), far from the per-sample mixture's 1.
 CHAIN_INIT_STAY = 0.5
+# What the chain's transitions read (CHAIN_FEATURES): the head's features ("last", the first
+# design) or the last block's input ("penultimate"). The codes run along the whole row, so
+# whatever they read must be computed at every position each sampling step; with "penultimate"
+# the last block and the head run only where tokens move, as for a product student
+# (docs/mixture.md, Cost).
 # Size of the fresh per-code offsets relative to the (layer-normalised, unit-scale) features
 # they are added to: ``delta_z(h)`` has per-dimension scale CHAIN_INIT_SCALE (weights of std
 # CHAIN_INIT_SCALE / sqrt(dim)). The codes must start apart: with identical codes every code
@@ -86,11 +94,13 @@ class LatentChain(nn.Module):
     over one shared code carries at most ``I(z; y) <= log K`` nats of it, whatever the network.
     Here each position ``i`` has its own code ``z_i`` and the codes form a Markov chain:
 
-        P(z_i = b | z_{i-1} = a) = softmax_b(A_ab + u_i(b)),   u_i = W h_i,
+        P(z_i = b | z_{i-1} = a) = softmax_b(A_ab + u_i(b)),   u_i = W g_i,
         s_{z,i} = softmax(head(h_i + (U h_i) * c_z + e_z)),
 
     a static pairwise table ``A`` plus a per-position, per-code term ``u_i`` read off the
-    features (``z_0`` drawn from ``softmax(u_0)``), and per-code offsets: a code embedding
+    transition features ``g`` (``z_0`` drawn from ``softmax(u_0)``; ``g = h``, the head's
+    features, or with ``features="penultimate"`` the last block's input, layer-normalised,
+    so that sampling needs the last block only where tokens move), and per-code offsets: a code embedding
     ``e_z`` plus a code-scaled projection of the features. Given the codes the step is a
     product; over them it is a mixture of ``K^L`` products in which positions ``i`` and ``j``
     are correlated through the codes between them, up to ``log K`` nats per *pair of
@@ -108,9 +118,12 @@ class LatentChain(nn.Module):
     from the caller's generator (:func:`draw_model_latent`), so a seed still fixes every sample.
     """
 
-    def __init__(self, dim: int, codes: int):
+    def __init__(self, dim: int, codes: int, features: str = "last"):
         super().__init__()
+        if features not in CHAIN_FEATURES:
+            raise ValueError(f"chain features must be one of {CHAIN_FEATURES}, got {features!r}")
         self.codes = codes
+        self.features = features
         self.project = nn.Linear(dim, dim, bias=False)
         self.scale = nn.Parameter(torch.randn(codes, dim) * CHAIN_INIT_SCALE / math.sqrt(2))
         self.shift = nn.Parameter(torch.randn(codes, dim) * CHAIN_INIT_SCALE / math.sqrt(2))
@@ -121,11 +134,25 @@ class LatentChain(nn.Module):
         nn.init.zeros_(self.unary.weight)
         nn.init.zeros_(self.unary.bias)
 
-    def log_transitions(self, h: Tensor) -> Tensor:
-        """``log P(z_i = b | z_{i-1} = a)`` ``[B, L, K, K]``; at ``i = 0`` every row is the law
-        of ``z_0`` (a uniform virtual ``z_{-1}`` before it gives the same chain)."""
-        unary = self.unary(h).float()
-        pair = self.pairwise.float().expand(*h.shape[:2], -1, -1).clone()
+    @property
+    def reads_last(self) -> bool:
+        """True when the transitions read the head's own features (the default), False when
+        they read the last block's input (``features="penultimate"``)."""
+        return self.features == "last"
+
+    def transition_features(self, before_last: Tensor, head_features: Tensor | None) -> Tensor:
+        """``g``, what the transitions read: the head's features, or the last block's input
+        layer-normalised (no affine: ``unary`` after it is the whole read-out)."""
+        if self.reads_last:
+            return head_features
+        return F.layer_norm(before_last, before_last.shape[-1:])
+
+    def log_transitions(self, g: Tensor) -> Tensor:
+        """``log P(z_i = b | z_{i-1} = a)`` ``[B, L, K, K]`` from the transition features ``g``;
+        at ``i = 0`` every row is the law of ``z_0`` (a uniform virtual ``z_{-1}`` before it
+        gives the same chain)."""
+        unary = self.unary(g).float()
+        pair = self.pairwise.float().expand(*g.shape[:2], -1, -1).clone()
         pair[:, 0] = 0.0
         return torch.log_softmax(pair + unary.unsqueeze(-2), dim=-1)
 
@@ -134,7 +161,8 @@ class LatentChain(nn.Module):
         return self.project(h).unsqueeze(2) * self.scale + self.shift
 
     def draw_codes(self, h: Tensor, u: Tensor) -> Tensor:
-        """The code chain ``[B, L]`` (int64) for the noise ``u [B, L]`` in [0, 1).
+        """The code chain ``[B, L]`` (int64) for the noise ``u [B, L]`` in [0, 1), from the
+        transition features ``h`` (``g`` above).
 
         Inverse-CDF sampling, ``z_i = f_i(z_{i-1})`` with ``f_i(a) = #{b : CDF_i(a, b) <= u_i}``.
         Two exact ways, the same codes (tested): one position at a time (``L`` rounds of a few
@@ -175,20 +203,15 @@ class LatentChain(nn.Module):
         below = (cdf <= u.float()[:, :, None, None]).sum(-1)
         return below.clamp_(max=self.codes - 1)
 
-    def forward(self, h: Tensor, u: Tensor) -> Tensor:
-        """``h_i + delta_{z_i}(h_i)`` ``[B, L, dim]`` at the codes drawn from ``u``."""
-        return self._offset(h, self.draw_codes(h, u))
+    def forward(self, h: Tensor, u: Tensor, g: Tensor | None = None) -> Tensor:
+        """``h_i + delta_{z_i}(h_i)`` ``[B, L, dim]`` at the codes drawn from ``u`` (through
+        the transition features ``g``, default ``h``)."""
+        return self.offset(h, self.draw_codes(h if g is None else g, u))
 
-    def forward_at(self, h: Tensor, u: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-        """:meth:`forward` at the positions ``(rows[n], cols[n])`` only, ``[N, dim]``.
-
-        The codes are drawn along the whole row (a switching position's code depends on every
-        code before it, so on ``u_i`` and ``h_i`` at every position), but the offsets, and the
-        vocabulary head after them, are needed only where the sampler moves a token. Same codes
-        and the same per-position operations as :meth:`forward`, so the same values."""
-        return self._offset(h[rows, cols], self.draw_codes(h, u)[rows, cols])
-
-    def _offset(self, h: Tensor, codes: Tensor) -> Tensor:
+    def offset(self, h: Tensor, codes: Tensor) -> Tensor:
+        """``h + delta_z(h)`` at the given codes (same leading shape as ``h[..., 0]``): the
+        head's input. Used at every position, or only where the sampler moves a token (the
+        codes are drawn along the whole row first, :meth:`Denoiser._chain_at`)."""
         return h + self.project(h) * self.scale[codes].to(h.dtype) + self.shift[codes].to(h.dtype)
 
 

@@ -218,7 +218,11 @@ def train_student(
     torch.manual_seed(scfg.seed)
     mixture = st.kind != "product"
     student = build_student(
-        teacher, str(teacher_dir), st.latent_codes if mixture else 0, st.kind == "chain"
+        teacher,
+        str(teacher_dir),
+        st.latent_codes if mixture else 0,
+        st.kind == "chain",
+        st.chain_features,
     )
     prepare_run_dir(out_dir, resume, student)
     student.config.extra.update(
