@@ -150,23 +150,28 @@ def test_precision_benchmark_compares_the_full_head(tmp_path):
     assert (tmp_path / "out" / "full-head.jsonl").is_file()
 
 
-def test_cpu_row_chunks_give_the_same_logits(monkeypatch):
+@pytest.mark.parametrize("chain", ["", "last", "penultimate"])
+def test_cpu_row_chunks_give_the_same_logits(monkeypatch, chain):
     """The CPU body runs over row chunks; chunk borders (and repeated rows that straddle them)
-    change nothing but the rounding of a smaller matmul."""
+    change nothing but the rounding of a smaller matmul (a chain student's codes are drawn
+    after the chunks, over the whole batch)."""
     import tsdfm.models.denoiser as denoiser
 
-    m = _model("uniform")
+    m = _model("uniform", chain=chain)
     g = torch.Generator().manual_seed(5)
     x = torch.randint(0, V + 1, (7, L), generator=g)
     x[6] = x[0]
     t, dt = torch.full((7,), 0.25), torch.full((7,), 0.5)
     pos = torch.rand(7, L, generator=g) < 0.5
     pos[3] = False  # a chunk may have nothing to compute
+    z = (torch.rand(7, L, generator=g),) if chain else ()
     with torch.no_grad():
-        whole = m(x, t, dt, positions=pos)
+        whole = m(x, t, dt, *z, positions=pos)
         monkeypatch.setattr(denoiser, "CPU_CHUNK_POSITIONS", L)  # one row per chunk
-        chunked = m(x, t, dt, positions=pos)
+        chunked = m(x, t, dt, *z, positions=pos)
+        full = m(x, t, dt, *z)[pos]
     torch.testing.assert_close(whole, chunked, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
 
 
 def test_bf16_autocast_runs_the_positions_path():

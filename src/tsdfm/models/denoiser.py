@@ -242,17 +242,34 @@ class Denoiser(PretrainedMixin, nn.Module):
         x, t, dt, which = _distinct_rows(x, t, dt)
         at = rows if which is None else which[rows]  # the distinct row of each position
         cond = self.conditioning(t, dt)
+        n = x.shape[0]  # on the CPU the body runs over row chunks, as in _forward_at
+        per_chunk = max(1, CPU_CHUNK_POSITIONS // x.shape[1]) if x.device.type == "cpu" else n
+        g, h_at = [], None
+        for a in range(0, n, per_chunk):
+            b = min(a + per_chunk, n)
+            sel = ((at >= a) & (at < b)).nonzero().squeeze(1)
+            part = None if cond is None else cond[a:b]
+            g_part, h_part = self._chain_rows(x[a:b], part, at[sel] - a, cols[sel])
+            g.append(g_part)
+            h_at = h_part.new_empty(rows.numel(), h_part.shape[1]) if h_at is None else h_at
+            h_at[sel] = h_part
+        g = torch.cat(g) if len(g) > 1 else g[0]
+        codes = self.chain.draw_codes(g if which is None else g[which], u)
+        return self.head(self.chain.offset(h_at, codes[rows, cols])).float()
+
+    def _chain_rows(self, x, cond, rows, cols) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g [B, L, dim], h [N, dim])`` of :meth:`_chain_at` for the rows ``x``: the
+        transition features at every position and the head's features at ``(rows, cols)``."""
         h = self.embed(x)
         for block in self.blocks[:-1]:
             h = block(h, cond)
         if self.chain.reads_last:
-            g = self.norm(self.blocks[-1](h, cond))
-            h_at = g[at, cols]
-        else:
-            g = self.chain.transition_features(h, None)
-            h_at = self.norm(self.blocks[-1].forward_at(h, cond, at, cols))
-        codes = self.chain.draw_codes(g if which is None else g[which], u)
-        return self.head(self.chain.offset(h_at, codes[rows, cols])).float()
+            last = self.norm(self.blocks[-1](h, cond))
+            return last, last[rows, cols]
+        g = self.chain.transition_features(h, None)
+        if rows.numel() == 0:  # a chunk with nothing to move still draws its codes
+            return g, h.new_zeros(0, h.shape[-1])
+        return g, self.norm(self.blocks[-1].forward_at(h, cond, rows, cols))
 
     def _forward_at(self, x, t, dt, positions: torch.Tensor) -> torch.Tensor:
         rows, cols = _positions(x, positions)
