@@ -244,16 +244,19 @@ class Denoiser(PretrainedMixin, nn.Module):
         cond = self.conditioning(t, dt)
         n = x.shape[0]  # on the CPU the body runs over row chunks, as in _forward_at
         per_chunk = max(1, CPU_CHUNK_POSITIONS // x.shape[1]) if x.device.type == "cpu" else n
-        g, h_at = [], None
-        for a in range(0, n, per_chunk):
-            b = min(a + per_chunk, n)
-            sel = ((at >= a) & (at < b)).nonzero().squeeze(1)
-            part = None if cond is None else cond[a:b]
-            g_part, h_part = self._chain_rows(x[a:b], part, at[sel] - a, cols[sel])
-            g.append(g_part)
-            h_at = h_part.new_empty(rows.numel(), h_part.shape[1]) if h_at is None else h_at
-            h_at[sel] = h_part
-        g = torch.cat(g) if len(g) > 1 else g[0]
+        if n <= per_chunk:
+            g, h_at = self._chain_rows(x, cond, at, cols)
+        else:
+            g, h_at = [], None
+            for a in range(0, n, per_chunk):
+                b = min(a + per_chunk, n)
+                sel = ((at >= a) & (at < b)).nonzero().squeeze(1)
+                part = None if cond is None else cond[a:b]
+                g_part, h_part = self._chain_rows(x[a:b], part, at[sel] - a, cols[sel])
+                g.append(g_part)
+                h_at = h_part.new_empty(rows.numel(), h_part.shape[1]) if h_at is None else h_at
+                h_at[sel] = h_part
+            g = torch.cat(g)
         codes = self.chain.draw_codes(g if which is None else g[which], u)
         return self.head(self.chain.offset(h_at, codes[rows, cols])).float()
 
