@@ -4,8 +4,11 @@ The reference is one model sampled at several temperatures (rows whose label mat
 ``--reference``, a glob); each ``--rows`` row is placed on that curve by log-linear
 interpolation in entropy (``studylib.frontier``) and its gen-PPL gap to the reference at
 its own entropy is printed per evaluator. Rows outside the reference's entropy range get "–".
-Several ``results.json`` files can be given; rows with the same label (the same samples file
-scored by different evaluators) are merged, the later file winning per evaluator.
+Several ``results.json`` files can be given; rows with the same label and the same samples
+(same entropy: one samples file scored by different evaluators) are merged, the later file
+winning per evaluator. A label whose samples differ (another run of the same model command,
+another entropy) is taken whole from the later file, with a note on stderr: merging would pair
+one run's entropy with another run's perplexity.
 Example (the bench mask-source students against the 8-step teacher's temperature curve)::
 
     python studies/equal_entropy.py docs/results/bench-ablations/blind-t98/results.json \
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import sys
 from pathlib import Path
 
 from studylib.frontier import equal_entropy_gaps
@@ -38,13 +42,26 @@ def _load(paths: list[Path]) -> tuple[dict[str, dict], list[str]]:
         for row in file_rows:
             if not row.get("gen_ppl"):
                 continue
-            if row["label"] in rows:
-                merged = rows[row["label"]]
-                merged["gen_ppl"] = {**merged["gen_ppl"], **row["gen_ppl"]}
+            earlier = rows.get(row["label"])
+            if earlier is not None and _same_samples(earlier, row):
+                earlier["gen_ppl"] = {**earlier["gen_ppl"], **row["gen_ppl"]}
             else:
+                if earlier is not None:
+                    print(
+                        f"note: {row['label']} of {path} replaces an earlier file's row with "
+                        f"other samples (entropy {earlier.get('entropy')} -> {row.get('entropy')})",
+                        file=sys.stderr,
+                    )
                 rows[row["label"]] = dict(row)
             evaluators += [e for e in row["gen_ppl"] if e not in evaluators]
     return rows, evaluators
+
+
+def _same_samples(a: dict, b: dict) -> bool:
+    """Two rows of one samples file: the same entropy (a per-sample statistic of the ids, so
+    equal for any evaluator) to within rounding."""
+    ea, eb = a.get("entropy"), b.get("entropy")
+    return ea is not None and eb is not None and abs(float(ea) - float(eb)) < 1e-9
 
 
 def _pick(rows: dict[str, dict], patterns: list[str]) -> list[dict]:

@@ -89,6 +89,29 @@ def test_script_merges_evaluators_across_files(tmp_path, capsys):
     assert capsys.readouterr().out == out.read_text()
 
 
+def test_script_takes_a_relabelled_run_whole_from_the_later_file(tmp_path, capsys):
+    """Two runs of one command share labels but not samples: the later file's teacher_8 must
+    bring its own entropy, not only its perplexity (a merge put the old run's entropy under the
+    new run's perplexity)."""
+    old = {"rows": [_row("teacher_8", 4.5, small=1600.0), _row("teacher_8_T0.9", 4.0, small=50.0)]}
+    new = {
+        "rows": [
+            _row("teacher_8", 4.2, small=400.0),
+            _row("teacher_8_T0.9", 4.0, small=100.0),
+            _row("student_8", 4.1, small=220.0),
+        ]
+    }
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    out = tmp_path / "t.md"
+    args = ["--reference", "teacher_8*", "--rows", "student_*", "--out", str(out)]
+    assert _script().main([str(tmp_path / "old.json"), str(tmp_path / "new.json"), *args]) == 0
+    line = next(ln for ln in out.read_text().splitlines() if ln.startswith("| student_8"))
+    assert "220 / 200 / +10.0%" in line  # the new curve: 100 at 4.0, 400 at 4.2
+    assert "teacher_8 (4.200)" in out.read_text()
+    assert "replaces an earlier file's row" in capsys.readouterr().err
+
+
 def test_script_refuses_an_empty_selection(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({"rows": [_row("teacher_8", 4.2, a=1.0)]}))
     with pytest.raises(SystemExit, match="need >= 2 reference rows"):
