@@ -210,11 +210,17 @@ class Denoiser(PretrainedMixin, nn.Module):
         """A chain student's ``(h, g)``: the head's features and what its transitions read
         (``h`` itself, or the last block's input: ``config.chain_features``)."""
         cond = self.conditioning(t, dt)
+        h = self._trunk(x, cond)
+        last = self.norm(self.blocks[-1](h, cond))
+        return last, self.chain.transition_features(h, last)
+
+    def _trunk(self, x: torch.Tensor, cond) -> torch.Tensor:
+        """Every block but the last on the ids ``x``: the last block's input ``[B, L, dim]``
+        (what the positions= paths share before they select positions)."""
         h = self.embed(x)
         for block in self.blocks[:-1]:
             h = block(h, cond)
-        last = self.norm(self.blocks[-1](h, cond))
-        return last, self.chain.transition_features(h, last)
+        return h
 
     def chain_terms(self, x: torch.Tensor, t, dt) -> tuple[torch.Tensor, torch.Tensor]:
         """A chain student's step law in full, for its exact likelihood (one body pass):
@@ -263,9 +269,7 @@ class Denoiser(PretrainedMixin, nn.Module):
     def _chain_rows(self, x, cond, rows, cols) -> tuple[torch.Tensor, torch.Tensor]:
         """``(g [B, L, dim], h [N, dim])`` of :meth:`_chain_at` for the rows ``x``: the
         transition features at every position and the head's features at ``(rows, cols)``."""
-        h = self.embed(x)
-        for block in self.blocks[:-1]:
-            h = block(h, cond)
+        h = self._trunk(x, cond)
         if self.chain.reads_last:
             last = self.norm(self.blocks[-1](h, cond))
             return last, last[rows, cols]
@@ -299,10 +303,7 @@ class Denoiser(PretrainedMixin, nn.Module):
         return out
 
     def _rows_at(self, x, cond, rows, cols) -> torch.Tensor:
-        h = self.embed(x)
-        for block in self.blocks[:-1]:
-            h = block(h, cond)
-        h = self.blocks[-1].forward_at(h, cond, rows, cols)
+        h = self.blocks[-1].forward_at(self._trunk(x, cond), cond, rows, cols)
         return self.head(self.norm(h)).float()
 
 
