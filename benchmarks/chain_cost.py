@@ -1,0 +1,175 @@
+"""Training cost of a correlated student: seconds per distillation step, chain vs product.
+
+A chain student (``student.kind=chain``, docs/mixture.md) runs the body once per row, then the
+head under all ``K`` codes (``[B, L, K, V]`` logits) and the forward algorithm over the codes
+(``O(L K^2)``) for the composed step's draw and, with the data term, for the data's. So its
+extra cost per step grows with ``K``:
+
+    head at K codes + 2 x forward algorithm (+ their backward)     (targets unchanged)
+
+This times whole distillation steps (objective + backward + AdamW step) of the markov shapes
+(``configs/markov.yaml``: L = 64, V = 64, dim 128, 4 layers, batch 32, the exact target, the
+data term), randomly initialised, for the product student and a chain student at each ``K``:
+warm-up, then ``--repeats`` rounds of ``--steps`` steps per arm, interleaved (each step reseeded,
+so every arm draws the same dt, t and x_t), reporting the median seconds per step and the median
+over rounds of its ratio to the product student's. One thread. Random weights: the cost does not
+depend on what a model has learned.
+
+Usage: python benchmarks/chain_cost.py [--codes 16 32 64] [--steps 3] [--repeats 5]
+Writes benchmarks/results/chain_cost.json and chain_cost.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from copy import deepcopy
+from pathlib import Path
+
+import torch
+
+from tsdfm.config import load_config
+from tsdfm.data.markov import MarkovChain
+from tsdfm.models import Denoiser, DenoiserConfig, build_student, count_parameters
+from tsdfm.training.mixture import MixtureObjective
+from tsdfm.training.objectives import ShortcutObjective
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "markov.yaml"
+
+
+class Arm:
+    """One student kind's model, optimiser and objective, timed in rounds."""
+
+    def __init__(self, name: str, codes: int, teacher: Denoiser, x1, args):
+        self.row = {"arm": name, "codes": codes}
+        scfg = dataclasses.replace(
+            load_config(CONFIG).student,
+            kind="chain" if codes else "product",
+            latent_codes=max(codes, 2),
+            data_weight=args.data_weight,
+        )
+        self.student = build_student(teacher, latent_codes=codes, latent_chain=codes > 0).train()
+        ids = (teacher.config.mask_id, teacher.config.num_classes)
+        if codes:
+            self.obj = MixtureObjective(teacher, scfg, *ids, None, latent_codes=codes,
+                                        joint_weight=1.0, data_weight=args.data_weight)  # fmt: skip
+        else:
+            self.obj = ShortcutObjective(teacher, scfg, *ids, None)
+        self.obj.target_model = deepcopy(self.student).eval()
+        self.opt = torch.optim.AdamW(self.student.parameters(), lr=1e-4)
+        self.gen, self.x1, self.times = torch.Generator(), x1, []
+
+    def step(self, i: int) -> None:
+        loss, _ = self.obj(self.student, self.x1, self.gen.manual_seed(i))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def timed(self, steps: int) -> None:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            self.step(i)
+        self.times.append((time.perf_counter() - t0) / steps)
+
+
+def run(args) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = load_config(CONFIG)
+    m, d = cfg.teacher.model, cfg.data.markov
+    teacher = Denoiser(
+        DenoiserConfig(d.vocab_size + 1, d.vocab_size, cfg.data.seq_len, dim=m.dim,
+                       n_layers=m.n_layers, n_heads=m.n_heads, mlp_ratio=m.mlp_ratio)
+    ).eval()  # fmt: skip
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    chain = MarkovChain(d.vocab_size, d.order, d.alpha, d.eps, d.seed)
+    x1 = torch.from_numpy(chain.sample(args.batch, cfg.data.seq_len, seed=1))
+    arms = [Arm("product", 0, teacher, x1, args)]
+    arms += [Arm(f"chain K={k}", k, teacher, x1, args) for k in args.codes]
+    for arm in arms:
+        for i in range(args.warmup):
+            arm.step(1000 + i)
+    # round-robin: a slow spell on a shared machine hits every arm, and ratios are per round
+    for r in range(args.repeats):
+        for arm in arms:
+            arm.timed(args.steps)
+        print(f"round {r + 1}/{args.repeats} done", flush=True)
+    base = arms[0].times
+    rows = [
+        {
+            **arm.row,
+            "sec_per_step": statistics.median(arm.times),
+            "ratio_to_product": statistics.median(
+                a / b for a, b in zip(arm.times, base, strict=True)
+            ),
+            "sec_per_step_runs": arm.times,
+        }
+        for arm in arms
+    ]
+    return {
+        "device": "cpu",
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "vocab": d.vocab_size,
+        "seq_len": cfg.data.seq_len,
+        "batch": args.batch,
+        "data_weight": args.data_weight,
+        "target": f"{cfg.student.target}/{cfg.student.target_space}, teacher_steps "
+        f"{cfg.student.teacher_steps}, {cfg.student.dt_weights} dt weights",
+        "teacher_parameters": count_parameters(teacher),
+        "steps_per_repeat": args.steps,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "rows": rows,
+    }
+
+
+def markdown(r: dict) -> str:
+    lines = [
+        "# Training cost of the chain student\n",
+        f"CPU, {r['threads']} thread(s), torch {r['torch']}; batch {r['batch']} x L={r['seq_len']}, "
+        f"vocab {r['vocab']}, target {r['target']}, data term weight {r['data_weight']}; teacher "
+        f"{r['teacher_parameters']:,} parameters. Median of {r['repeats']} runs of "
+        f"{r['steps_per_repeat']} steps after {r['warmup']} warm-up steps, arms interleaved; ratio = "
+        "median over rounds of (arm / product in the same round); random weights.\n",
+        "| arm | ms / step | ratio to product |",
+        "|---|---|---|",
+    ]
+    for row in r["rows"]:
+        lines.append(
+            f"| {row['arm']} | {row['sec_per_step'] * 1000:.0f} | {row['ratio_to_product']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--codes", type=int, nargs="+", default=[16, 32, 64], help="chain K values")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--data-weight", type=float, default=1.0, help="student.data_weight")
+    ap.add_argument("--steps", type=int, default=3, help="steps per timed run")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    if args.repeats < 5:
+        ap.error("--repeats must be >= 5 for a meaningful median")
+    if any(k < 2 for k in args.codes):
+        ap.error("--codes: a chain needs K >= 2")
+    result = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "chain_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "chain_cost.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
