@@ -8,8 +8,8 @@ extra cost per step grows with ``K``:
     head at K codes + 2 x forward algorithm (+ their backward)     (targets unchanged)
 
 This times whole distillation steps (objective + backward + AdamW step) of the markov shapes
-(``configs/markov.yaml``: L = 64, V = 64, dim 128, 4 layers, batch 32, the exact target, the
-data term), randomly initialised, for the product student and a chain student at each ``K``:
+(``--config``, default ``configs/markov.yaml``: L = 64, V = 64, dim 128, 4 layers, batch 32, the
+exact target, the data term), randomly initialised, for the product student and a chain student at each ``K``:
 warm-up, then ``--repeats`` rounds of ``--steps`` steps per arm, interleaved (each step reseeded,
 so every arm draws the same dt, t and x_t), reporting the median seconds per step and the median
 over rounds of its ratio to the product student's. One thread. Random weights: the cost does not
@@ -47,7 +47,7 @@ class Arm:
     def __init__(self, name: str, codes: int, teacher: Denoiser, x1, args):
         self.row = {"arm": name, "codes": codes}
         scfg = dataclasses.replace(
-            load_config(CONFIG).student,
+            load_config(args.config).student,
             kind="chain" if codes else "product",
             latent_codes=max(codes, 2),
             data_weight=args.data_weight,
@@ -79,7 +79,7 @@ class Arm:
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = load_config(CONFIG)
+    cfg = load_config(args.config)
     m, d = cfg.teacher.model, cfg.data.markov
     teacher = Denoiser(
         DenoiserConfig(d.vocab_size + 1, d.vocab_size, cfg.data.seq_len, dim=m.dim,
@@ -150,6 +150,7 @@ def markdown(r: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=str(CONFIG), help="markov config: shapes and recipe")
     ap.add_argument("--codes", type=int, nargs="+", default=[16, 32, 64], help="chain K values")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--data-weight", type=float, default=1.0, help="student.data_weight")

@@ -1,0 +1,36 @@
+"""benchmarks/chain_cost.py: a tiny run writes the JSON and markdown it promises."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "chain_cost.py"
+
+
+def test_tiny_run_times_product_and_chain(tmp_path, monkeypatch):
+    cfg = tmp_path / "m.yaml"
+    markov = {"vocab_size": 8, "order": 1, "alpha": 0.5, "eps": 0.01, "seed": 0}
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"corpus": "markov", "seq_len": 8, "markov": markov},
+                "teacher": {"model": {"dim": 16, "n_layers": 1, "n_heads": 2}},
+                "student": {"teacher_steps": 8, "target": "heun", "target_space": "probs"},
+            }
+        )
+    )
+    spec = importlib.util.spec_from_file_location("chain_cost", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = ["x", "--config", str(cfg), "--codes", "2", "4", "--batch", "2", "--steps", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--warmup", "0", "--out", str(tmp_path)])
+    mod.main()
+    r = json.loads((tmp_path / "chain_cost.json").read_text())
+    assert [row["arm"] for row in r["rows"]] == ["product", "chain K=2", "chain K=4"]
+    assert r["rows"][0]["ratio_to_product"] == 1.0 and r["repeats"] == 5
+    assert all(len(row["sec_per_step_runs"]) == 5 and row["sec_per_step"] > 0 for row in r["rows"])
+    assert r["vocab"] == 8 and r["seq_len"] == 8 and r["data_weight"] == 1.0
+    assert "| chain K=4 |" in (tmp_path / "chain_cost.md").read_text()
