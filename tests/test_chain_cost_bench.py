@@ -34,3 +34,7 @@ def test_tiny_run_times_product_and_chain(tmp_path, monkeypatch):
     assert all(len(row["sec_per_step_runs"]) == 5 and row["sec_per_step"] > 0 for row in r["rows"])
     assert r["vocab"] == 8 and r["seq_len"] == 8 and r["data_weight"] == 1.0
     assert "| chain K=4 |" in (tmp_path / "chain_cost.md").read_text()
+    rec = r["recursion"]
+    assert [row["codes"] for row in rec] == [2, 4] and all(
+        row["bit_identical_gradients"] for row in rec
+    )
