@@ -119,11 +119,14 @@ def _assemble(target_logp, log_sbar, changeable, joint, product) -> tuple[Tensor
     return marginal, correlation, (joint - product).detach().mean()
 
 
-def chain_log_likelihood(ll: Tensor, log_trans: Tensor) -> tuple[Tensor, Tensor]:
+def chain_log_likelihood(
+    ll: Tensor, log_trans: Tensor, marginals: bool = True
+) -> tuple[Tensor, Tensor | None]:
     """``(log P(y) [B], log pi [B, L, K])`` of a code chain with per-position, per-code
     log-likelihoods ``ll [B, L, K]`` and transitions ``log_trans [B, L, K, K]`` (at position
     0 every row is the law of ``z_0``): the forward algorithm (:func:`chain_losses`) and the codes' prior
-    marginals ``pi_i``.
+    marginals ``pi_i`` (``None`` with ``marginals=False``: they do not depend on ``y``, so a
+    second likelihood on the same transitions, the data term's, need not recompute them).
 
     The positions are split once (``unbind``) rather than indexed in the loop: the backward of
     ``log_trans[:, i]`` zero-fills a gradient of the whole ``[B, L, K, K]`` tensor for each of the
@@ -133,9 +136,10 @@ def chain_log_likelihood(ll: Tensor, log_trans: Tensor) -> tuple[Tensor, Tensor]
     log_pi = [steps[0][:, 0]]  # every row of position 0 is the law of z_0
     alpha = log_pi[0] + lls[0]
     for step, ll_i in zip(steps[1:], lls[1:], strict=True):
-        log_pi.append(torch.logsumexp(log_pi[-1].unsqueeze(-1) + step, dim=1))
+        if marginals:
+            log_pi.append(torch.logsumexp(log_pi[-1].unsqueeze(-1) + step, dim=1))
         alpha = torch.logsumexp(alpha.unsqueeze(-1) + step, dim=1) + ll_i
-    return torch.logsumexp(alpha, dim=-1), torch.stack(log_pi, dim=1)
+    return torch.logsumexp(alpha, dim=-1), torch.stack(log_pi, dim=1) if marginals else None
 
 
 def chain_losses(
@@ -197,7 +201,7 @@ def joint_log_likelihood(
     logs = torch.log_softmax(logits.float(), dim=-1)
     if log_trans is not None:
         ll = step_log_likelihoods(logs.permute(2, 0, 1, 3), x, y, q, source, mask_id, changeable)
-        return chain_log_likelihood(ll.permute(1, 2, 0), log_trans)[0]
+        return chain_log_likelihood(ll.permute(1, 2, 0), log_trans, marginals=False)[0]
     ll = step_log_likelihoods(logs, x, y, q, source, mask_id, changeable)
     return torch.logsumexp(ll.sum(-1), dim=0) - math.log(logits.shape[0])
 
