@@ -241,6 +241,33 @@ def test_the_parallel_code_draw_equals_the_sequential_one():
         assert len(set(fast.flatten().tolist())) > 1  # the codes do move
 
 
+def test_the_code_draw_keeps_its_law_where_the_weights_would_underflow():
+    """The weighted code draw factors a transition row as ``exp(A - max A) * exp(u_i - max
+    u_i)``; with the maxima of ``A`` and ``u_i`` 200 nats apart every product of row 0 is 0 in
+    float32 although its logits tie. Built so that ``z_0`` is uniform, row 0 is uniform and
+    row 1 keeps code 1: ``P(z_1 = 0) = 1/4`` exactly, where the underflowed weights would
+    give 0. The draw must detect it and take the normalised law, on both paths."""
+    chain = latent.LatentChain(dim=2, codes=2)
+    with torch.no_grad():
+        chain.pairwise.copy_(torch.tensor([[0.0, -200.0], [-200.0, 0.0]]))
+        chain.unary.weight.copy_(torch.tensor([[-200.0, 0.0], [0.0, 0.0]]))
+        chain.unary.bias.zero_()
+    n = 40_000
+    h = torch.zeros(n, 2, 2)
+    h[:, 1, 0] = 1.0  # u_0 = (0, 0), u_1 = (-200, 0)
+    u = torch.rand(n, 2, generator=torch.Generator().manual_seed(0))
+    assert chain._draw_weights(h)[0] is None  # the bound saw the underflow
+    with torch.no_grad():
+        scan = torch.cat([chain.draw_codes(h[a : a + 1], u[a : a + 1]) for a in range(2000)])
+        loop = chain.draw_codes_sequential(h, u)
+    assert torch.equal(scan, loop[:2000])
+    assert abs(float((loop[:, 0] == 0).float().mean()) - 0.5) < 0.01
+    assert abs(float((loop[:, 1] == 0).float().mean()) - 0.25) < 0.01
+    with torch.no_grad():  # a table in range keeps the weighted draw
+        chain.pairwise.copy_(torch.tensor([[0.0, -2.0], [-2.0, 0.0]]))
+    assert chain._draw_weights(h)[0] is not None
+
+
 def test_data_step_lands_clean_tokens_at_the_switch_rate():
     from tsdfm.training.mixture import data_step
 

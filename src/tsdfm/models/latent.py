@@ -80,9 +80,14 @@ CHAIN_INIT_STAY = 0.5
 # 600 / 400 / < 400 steps.
 CHAIN_INIT_SCALE = 0.5
 # Rows x K^2 up to which the code chain is drawn by the parallel scan, above it by the loop
-# (LatentChain.draw_codes; L = 64, one CPU thread, median of 41 interleaved draws, ms scan / loop:
-# K = 32 batch 4 3.1 / 3.5, batch 8 4.7 / 3.7; K = 64 batch 1 1.1 / 2.0, batch 2 7.5 / 2.4).
-SCAN_MAX_WORK = 4096
+# (LatentChain.draw_codes; markov students, L = 64, one CPU thread, median of 81 interleaved
+# draws of the weighted draw, ms scan / loop: K = 32 batch 4 2.0 / 3.5, batch 8 3.7 / 3.5;
+# K = 64 batch 1 0.6 / 2.1, batch 2 1.1 / 2.2, batch 4 7.0 / 3.7).
+SCAN_MAX_WORK = 8192
+# The smallest lower bound on a row's total weight the weighted code draw accepts
+# (LatentChain._draw_weights): float32 products stay normal, and any lost subnormal term is
+# below 1e-18 of its row.
+WEIGHT_FLOOR = 1e-20
 
 
 class LatentChain(nn.Module):
@@ -161,26 +166,34 @@ class LatentChain(nn.Module):
         """``(U h_i) * c_z + e_z`` for every code ``[B, L, K, dim]``."""
         return self.project(h).unsqueeze(2) * self.scale + self.shift
 
+    @torch.no_grad()  # integer codes: nothing to differentiate
     def draw_codes(self, h: Tensor, u: Tensor) -> Tensor:
         """The code chain ``[B, L]`` (int64) for the noise ``u [B, L]`` in [0, 1), from the
         transition features ``h`` (``g`` above).
 
-        Inverse-CDF sampling, ``z_i = f_i(z_{i-1})`` with ``f_i(a) = #{b : CDF_i(a, b) <= u_i}``.
-        Two exact ways, the same codes (tested): one position at a time (``L`` rounds of a few
-        ``[B, K]`` operations), or, since ``u_i`` fixes every map ``f_i`` before any code is
-        known, all ``L`` maps at once (``[B, L, K, K]`` work) composed by a parallel prefix scan
-        (``F_i = f_i o F_{i-1}`` in ``log2 L`` rounds of gathers). The scan wins when the
-        per-operation overhead dominates (few rows), the loop when the ``K^2`` work does:
-        markov, K = 32, 8 steps, one thread: batch 1 56 vs 110 ms per sample, batch 32 the
-        loop 1.1x a product student's full-head pass, the scan 1.5x."""
+        Inverse-CDF sampling, ``z_i = f_i(z_{i-1})`` with ``f_i(a) = #{b : C_i(a, b) <= u_i
+        C_i(a, K-1)}``, ``C_i(a, .)`` the cumulative sum of the row's weights (the transition
+        law up to its normaliser, :meth:`_draw_weights`). Two exact ways, the same codes
+        (tested): one position at a time (``L`` rounds of a few ``[B, K]`` operations), or,
+        since ``u_i`` fixes every map ``f_i`` before any code is known, all ``L`` maps at once
+        (``[B, L, K, K]`` work) composed by a parallel prefix scan (``F_i = f_i o F_{i-1}`` in
+        ``log2 L`` rounds of gathers). The scan wins when the per-operation overhead dominates
+        (few rows), the loop when the ``K^2`` work does (``SCAN_MAX_WORK``)."""
         if u.shape != h.shape[:2] or not u.is_floating_point():
             raise ValueError(
                 f"a chain student's latent is uniform noise of shape {tuple(h.shape[:2])}, "
                 f"got {tuple(u.shape)} {u.dtype}"
             )
+        pair, weights = self._draw_weights(h)
         if h.shape[0] * self.codes**2 > SCAN_MAX_WORK:
-            return self.draw_codes_sequential(h, u)
-        maps = self._step_maps(h, u)  # [B, L, K]: f_i(a); f_0 ignores a
+            return self._draw_sequential(h, u.float(), pair, weights)
+        if pair is None:
+            cdf = self.log_transitions(h).exp().cumsum(-1)
+        else:
+            table = pair * weights.unsqueeze(-2)  # [B, L, K, K]
+            table[:, 0] = weights[:, 0].unsqueeze(-2)  # z_0's law, whatever the virtual z_{-1}
+            cdf = table.cumsum(-1)
+        maps = _inverse_cdf(cdf, u.float()[:, :, None, None])  # [B, L, K]: f_i(a)
         shift = 1
         while shift < maps.shape[1]:  # Hillis-Steele: maps[i] <- maps[i] o maps[i - shift]
             composed = maps[:, shift:].gather(2, maps[:, :-shift])
@@ -188,20 +201,45 @@ class LatentChain(nn.Module):
             shift *= 2
         return maps[:, :, 0]
 
+    @torch.no_grad()
     def draw_codes_sequential(self, h: Tensor, u: Tensor) -> Tensor:
         """:meth:`draw_codes` one position at a time."""
-        unary, pair, u = self.unary(h).float(), self.pairwise.float(), u.float()
+        return self._draw_sequential(h, u.float(), *self._draw_weights(h))
+
+    def _draw_sequential(
+        self, h: Tensor, u: Tensor, pair: Tensor | None, weights: Tensor
+    ) -> Tensor:
+        cdf = self.log_transitions(h).exp().cumsum(-1) if pair is None else None
         codes = torch.empty(h.shape[:2], dtype=torch.long, device=h.device)
+        rows = torch.arange(h.shape[0], device=h.device)
         for i in range(h.shape[1]):
-            logits = unary[:, i] if i == 0 else pair[codes[:, i - 1]] + unary[:, i]
-            cdf = torch.log_softmax(logits, dim=-1).exp().cumsum(-1)
-            codes[:, i] = _count_at_most(cdf, u[:, i, None]).clamp_(max=self.codes - 1)
+            if cdf is not None:
+                row = cdf[:, 0, 0] if i == 0 else cdf[rows, i, codes[:, i - 1]]
+            elif i == 0:
+                row = weights[:, 0].cumsum(-1)
+            else:
+                row = (pair[codes[:, i - 1]] * weights[:, i]).cumsum(-1)
+            codes[:, i] = _inverse_cdf(row, u[:, i, None])
         return codes
 
-    def _step_maps(self, h: Tensor, u: Tensor) -> Tensor:
-        """``f_i(a)`` ``[B, L, K]``: the code drawn at ``i`` from ``u_i`` when ``z_{i-1} = a``."""
-        cdf = self.log_transitions(h).exp().cumsum(-1)  # [B, L, K, K]
-        return _count_at_most(cdf, u.float()[:, :, None, None]).clamp_(max=self.codes - 1)
+    @torch.no_grad()
+    def _draw_weights(self, h: Tensor) -> tuple[Tensor | None, Tensor]:
+        """``(exp(A_ab - max_b A_ab) [K, K], exp(u_i(b) - max_b u_i(b)) [B, L, K])``: the
+        transition law ``P(z_i = b | z_{i-1} = a)`` up to a per-row factor, as a static table
+        times a per-position vector. Why: ``exp`` of ``K^2 + L K`` numbers and one product,
+        where the normalised law (:meth:`log_transitions`) takes a log-softmax and an ``exp``
+        over all ``L K^2`` entries, most of a batch-1 draw's time. Each factor is in (0, 1], so
+        a row's total is at least ``max_b (min_a A'_ab) u'_i(b)``; where that bound falls below
+        ``WEIGHT_FLOOR`` (the maxima of ``A`` and ``u_i`` tens of nats apart, so float32
+        products could underflow) the table is None and the caller draws from the normalised
+        law instead (the same law)."""
+        unary = self.unary(h).float()
+        weights = (unary - unary.amax(-1, keepdim=True)).exp()
+        pair = self.pairwise.float()
+        pair = (pair - pair.amax(-1, keepdim=True)).exp()
+        if float((weights * pair.amin(0)).amax(-1).min()) < WEIGHT_FLOOR:
+            return None, weights
+        return pair, weights
 
     def forward(self, h: Tensor, u: Tensor, g: Tensor | None = None) -> Tensor:
         """``h_i + delta_{z_i}(h_i)`` ``[B, L, dim]`` at the codes drawn from ``u`` (through
@@ -215,12 +253,14 @@ class LatentChain(nn.Module):
         return h + self.project(h) * self.scale[codes].to(h.dtype) + self.shift[codes].to(h.dtype)
 
 
-def _count_at_most(cdf: Tensor, u: Tensor) -> Tensor:
-    """``#{b : cdf[..., b] <= u}`` for rows ``cdf [..., K]`` (a cumulative sum of non-negative
-    terms, so non-decreasing) and ``u [..., 1]``: a binary search, the same integers as
-    ``(cdf <= u).sum(-1)`` in ``log K`` comparisons per row instead of ``K`` (2.7x faster on
-    the scan's ``[1, 64, 64, 64]`` at K = 64)."""
-    return torch.searchsorted(cdf, u.expand(*cdf.shape[:-1], 1).contiguous(), right=True)[..., 0]
+def _inverse_cdf(cdf: Tensor, u: Tensor) -> Tensor:
+    """The code each row draws from uniform ``u [..., 1]``: ``#{b : cdf[..., b] <= u
+    cdf[..., -1]}`` for rows ``cdf [..., K]``, cumulative sums of non-negative weights (so
+    non-decreasing, total at the end), clamped to ``K - 1``. A binary search (``log K``
+    comparisons per row instead of ``K``; 2.7x faster on a scan's ``[1, 64, 64, 64]``)."""
+    cdf = cdf.contiguous()
+    threshold = (u * cdf[..., -1:]).expand(*cdf.shape[:-1], 1).contiguous()
+    return torch.searchsorted(cdf, threshold, right=True)[..., 0].clamp_(max=cdf.shape[-1] - 1)
 
 
 __all__ = [
