@@ -78,6 +78,13 @@ def main() -> None:
         help="no training or sampling: evaluate every samples file under OUT/samples",
     )
     ap.add_argument(
+        "--keep-rows",
+        action="store_true",
+        help="with --eval-only: keep the rows of OUT/results.json that have no samples file now "
+        "(dropped after an earlier evaluation, scripts/compact_samples.py) beside the rows "
+        "evaluated afresh, so new runs join a published study without re-drawing every row",
+    )
+    ap.add_argument(
         "--summarise",
         metavar="RESULTS_JSON",
         help="only tabulate a results.json written by `tsdfm evaluate` (e.g. extra evaluators) "
@@ -133,6 +140,9 @@ def main() -> None:
             draw = draw_samples(model_dir, steps=steps, temperature=temp, **kw)
             files.append(write_samples(path, draw))
 
+    if args.keep_rows and not args.eval_only:
+        ap.error("--keep-rows is an option of --eval-only")
+    kept = _kept_rows(out / "results.json", args.evaluators) if args.keep_rows else []
     if args.eval_only:  # arms trained with different seed sets: evaluate what is there
         files = sorted(filter(is_samples_file, (out / "samples").iterdir()), key=_row_order)
         args.teacher_steps, args.spaces, args.arm = [], [], []
@@ -182,7 +192,39 @@ def main() -> None:
     results = evaluate(
         files, evaluators, run / "data", out_dir=out, config_name=cfg.name, verbose=False
     )
+    if kept:
+        results = _merge_rows(out, results, kept)
     _write_study(out, summarise(results, args.baseline))
+
+
+def _kept_rows(path: Path, evaluators: list[str] | None) -> list[dict]:
+    """The evaluated rows of a published ``results.json`` whose samples are gone (the
+    reference rows are measured again with every evaluation). Refused when ``--evaluators``
+    names others than those the rows were scored by: a merged table must be one protocol."""
+    if not path.is_file():
+        raise SystemExit(f"error: --keep-rows: no {path} to keep rows from")
+    published = json.loads(path.read_text())
+    if evaluators is not None and sorted(evaluators) != sorted(published["evaluators"]):
+        raise SystemExit(
+            f"error: --keep-rows: {path} was scored by {published['evaluators']}, not "
+            f"{evaluators}; evaluate with the same --evaluators or re-draw every row"
+        )
+    return [r for r in published["rows"] if r.get("samples_dropped") and not r.get("samples")]
+
+
+def _merge_rows(out: Path, results: dict, kept: list[dict], plots: bool = True) -> dict:
+    """``results`` plus the kept rows that were not evaluated again, in study order (reference
+    rows first), rewritten with the report."""
+    from tsdfm.evaluation.report import build_results, write_report
+
+    fresh = {r.get("label") for r in results["rows"]}
+    rows = [r for r in results["rows"] if not r.get("samples")]  # data / salad
+    evaluated = [r for r in results["rows"] if r.get("samples")]
+    evaluated += [r for r in kept if r.get("label") not in fresh]
+    rows += sorted(evaluated, key=lambda r: _row_order(Path(f"{r['label']}.jsonl")))
+    merged = build_results(results["config"], results["evaluators"], rows)
+    write_report(out, merged, plots=plots)  # the plots too, or they would show the fresh rows only
+    return merged
 
 
 def _write_study(directory: Path, text: str) -> None:

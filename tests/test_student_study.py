@@ -126,3 +126,51 @@ def test_temperature_frontier_averages_seeds_per_family_and_temperature(load_scr
     assert t1[2] == 3.5 and abs(t1[3] - 2.13) < 1e-12 and abs(t1[4] - 0.11) < 1e-12
     assert script.plot(fams, data, tmp_path / "f.png").stat().st_size > 0
     assert script.plot(fams, data, tmp_path / "g.png", x="truth-nll").stat().st_size > 0
+
+
+def test_keep_rows_merges_published_rows_whose_samples_were_dropped(load_script, tmp_path):
+    """``--eval-only --keep-rows``: rows evaluated afresh replace their published versions,
+    published rows with dropped samples stay, the reference rows come from the fresh run."""
+    import json
+
+    import pytest
+
+    def row(label, nll, **extra):
+        base = {"method": "blind", "steps": 8, "truth_nll": nll, "entropy": 3.4, "label": label}
+        return {**base, **extra}
+
+    published = {
+        "config": "markov",
+        "evaluators": ["truth"],
+        "rows": [
+            {"method": "data", "label": "data (test split)", "truth_nll": 1.80},
+            row("student-b-s0_8", 2.6, samples=None, samples_dropped="samples/b.jsonl"),
+            row("student-a-s0_8", 2.5, samples=None, samples_dropped="samples/a.jsonl"),
+            row("teacher_8", 2.7, samples=None, samples_dropped="samples/t.jsonl"),
+        ],
+    }
+    (tmp_path / "results.json").write_text(json.dumps(published))
+    script = load_script("student_study")
+    kept = script._kept_rows(tmp_path / "results.json", None)
+    assert [r["label"] for r in kept] == ["student-b-s0_8", "student-a-s0_8", "teacher_8"]
+    fresh = {
+        "config": "markov",
+        "evaluators": ["truth"],
+        "rows": [
+            {"method": "data", "label": "data (test split)", "truth_nll": 1.88},
+            row("student-b-s0_8", 2.4, samples="samples/student-b-s0_8.jsonl"),
+            row("student-b-s1_8", 2.3, samples="samples/student-b-s1_8.jsonl"),
+        ],
+    }
+    merged = script._merge_rows(tmp_path, fresh, kept, plots=False)
+    got = [(r["label"], r["truth_nll"]) for r in merged["rows"]]
+    assert got == [
+        ("data (test split)", 1.88),  # measured again
+        ("teacher_8", 2.7),  # teacher rows first, then arms by name
+        ("student-a-s0_8", 2.5),  # kept
+        ("student-b-s0_8", 2.4),  # evaluated afresh: the new row wins
+        ("student-b-s1_8", 2.3),
+    ]
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == merged["rows"]
+    with pytest.raises(SystemExit, match="scored by"):
+        script._kept_rows(tmp_path / "results.json", ["ar-small"])
