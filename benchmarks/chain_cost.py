@@ -20,8 +20,16 @@ as the library runs it (the positions split once) against the position-indexed l
 whose backward zero-fills a gradient of the whole ``[B, L, K, K]`` table at every position; the
 two give bit-identical values and gradients (checked here).
 
+On text (``--data DIR``, a prepared corpus, with its config: e.g. ``configs/bench.yaml`` and
+``runs/bench/data``, V = 4,098 classes, L = 128) the rows are the training split's first
+``--batch`` blocks and the shapes those of the config's teacher; the head under every code is
+then ``B L K V`` logits, ``K V / V = K`` times the product student's, and the table adds their
+size in float32 (computed, not measured).
+
 Usage: python benchmarks/chain_cost.py [--codes 16 32 64] [--steps 3] [--repeats 5]
-Writes benchmarks/results/chain_cost.json and chain_cost.md.
+       python benchmarks/chain_cost.py --config configs/bench.yaml --data runs/bench/data \
+           --batch 16 --codes 4 8 16 --steps 1
+Writes benchmarks/results/chain_cost.json and chain_cost.md (``--out`` to change the folder).
 """
 
 from __future__ import annotations
@@ -120,19 +128,35 @@ def recursion_rows(args, seq_len: int) -> list[dict]:
     return rows
 
 
+def rows_and_vocab(args, cfg) -> tuple[torch.Tensor, int, int]:
+    """``(x1 [batch, L], classes, seq_len)``: a markov draw from the config's chain, or the
+    first blocks of a prepared corpus's training split (``--data``)."""
+    if args.data is None:
+        if cfg.data.corpus != "markov":
+            raise SystemExit(f"error: {args.config} is a text config: pass --data DIR (prepared)")
+        d = cfg.data.markov
+        chain = MarkovChain(d.vocab_size, d.order, d.alpha, d.eps, d.seed)
+        x1 = torch.from_numpy(chain.sample(args.batch, cfg.data.seq_len, seed=1))
+        return x1, d.vocab_size, cfg.data.seq_len
+    from tsdfm.data import load_prepared
+
+    data = load_prepared(Path(args.data))
+    x1 = torch.from_numpy(data.split("train")[: args.batch].copy())
+    return x1, data.tokenizer.num_classes, data.seq_len
+
+
 def run(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = load_config(args.config)
-    m, d = cfg.teacher.model, cfg.data.markov
+    m = cfg.teacher.model
+    x1, classes, seq_len = rows_and_vocab(args, cfg)
     teacher = Denoiser(
-        DenoiserConfig(d.vocab_size + 1, d.vocab_size, cfg.data.seq_len, dim=m.dim,
+        DenoiserConfig(classes + 1, classes, seq_len, dim=m.dim,
                        n_layers=m.n_layers, n_heads=m.n_heads, mlp_ratio=m.mlp_ratio)
     ).eval()  # fmt: skip
     for p in teacher.parameters():
         p.requires_grad_(False)
-    chain = MarkovChain(d.vocab_size, d.order, d.alpha, d.eps, d.seed)
-    x1 = torch.from_numpy(chain.sample(args.batch, cfg.data.seq_len, seed=1))
     arms = [Arm("product", 0, teacher, x1, args)]
     arms += [Arm(f"chain K={k}", k, teacher, x1, args) for k in args.codes]
     for arm in arms:
@@ -152,6 +176,7 @@ def run(args) -> dict:
                 a / b for a, b in zip(arm.times, base, strict=True)
             ),
             "sec_per_step_runs": arm.times,
+            "head_logits_gb": args.batch * seq_len * max(arm.row["codes"], 1) * classes * 4 / 1e9,
         }
         for arm in arms
     ]
@@ -160,8 +185,9 @@ def run(args) -> dict:
         "threads": args.threads,
         "torch": torch.__version__,
         "machine": platform.machine(),
-        "vocab": d.vocab_size,
-        "seq_len": cfg.data.seq_len,
+        "vocab": classes,
+        "seq_len": seq_len,
+        "data": args.data,
         "batch": args.batch,
         "data_weight": args.data_weight,
         "target": f"{cfg.student.target}/{cfg.student.target_space}, teacher_steps "
@@ -171,7 +197,7 @@ def run(args) -> dict:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "rows": rows,
-        "recursion": recursion_rows(args, cfg.data.seq_len),
+        "recursion": recursion_rows(args, seq_len),
     }
 
 
@@ -183,12 +209,13 @@ def markdown(r: dict) -> str:
         f"{r['teacher_parameters']:,} parameters. Median of {r['repeats']} runs of "
         f"{r['steps_per_repeat']} steps after {r['warmup']} warm-up steps, arms interleaved; ratio = "
         "median over rounds of (arm / product in the same round); random weights.\n",
-        "| arm | ms / step | ratio to product |",
-        "|---|---|---|",
+        "| arm | ms / step | ratio to product | head logits at every position, GB (float32, computed) |",
+        "|---|---|---|---|",
     ]
     for row in r["rows"]:
         lines.append(
-            f"| {row['arm']} | {row['sec_per_step'] * 1000:.0f} | {row['ratio_to_product']:.2f} |"
+            f"| {row['arm']} | {row['sec_per_step'] * 1000:.0f} | {row['ratio_to_product']:.2f} "
+            f"| {row['head_logits_gb']:.2f} |"
         )
     lines += [
         "",
@@ -208,7 +235,10 @@ def markdown(r: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default=str(CONFIG), help="markov config: shapes and recipe")
+    ap.add_argument("--config", default=str(CONFIG), help="config: shapes and recipe")
+    ap.add_argument(
+        "--data", help="prepared corpus (tsdfm data prepare) whose rows and vocabulary to use"
+    )
     ap.add_argument("--codes", type=int, nargs="+", default=[16, 32, 64], help="chain K values")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--data-weight", type=float, default=1.0, help="student.data_weight")

@@ -38,3 +38,41 @@ def test_tiny_run_times_product_and_chain(tmp_path, monkeypatch):
     assert [row["codes"] for row in rec] == [2, 4] and all(
         row["bit_identical_gradients"] for row in rec
     )
+
+
+def test_text_rows_come_from_a_prepared_corpus(tmp_path, monkeypatch, prepare_texts):
+    """``--data DIR``: the rows, vocabulary and length of a prepared text corpus (a text config
+    without it is refused), and the head's logits size per arm."""
+    import pytest
+
+    words = "the cat sat on a mat while birds sang over green hills near old towns".split()
+    texts = [" ".join(words[(i + j) % len(words)] for j in range(60)) for i in range(40)]
+    data = prepare_texts(texts)
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"corpus": "wiki-summaries", "seq_len": 24, "vocab_size": 300},
+                "teacher": {"model": {"dim": 16, "n_layers": 1, "n_heads": 2}},
+                "student": {"teacher_steps": 8, "target": "heun", "target_space": "probs"},
+            }
+        )
+    )
+    spec = importlib.util.spec_from_file_location("chain_cost", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    argv = ["x", "--config", str(cfg), "--codes", "2", "--batch", "2", "--steps", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--warmup", "0", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="pass --data"):
+        mod.main()
+    monkeypatch.setattr(
+        sys, "argv", [*argv, "--warmup", "0", "--out", str(tmp_path), "--data", str(data)]
+    )
+    mod.main()
+    r = json.loads((tmp_path / "chain_cost.json").read_text())
+    from tsdfm.data import load_prepared
+
+    classes = load_prepared(data).tokenizer.num_classes
+    assert r["vocab"] == classes > 64 and r["seq_len"] == 24 and r["data"] == str(data)
+    sizes = [row["head_logits_gb"] for row in r["rows"]]
+    assert sizes == [2 * 24 * k * classes * 4 / 1e9 for k in (1, 2)]

@@ -400,3 +400,44 @@ def test_a_chain_student_with_a_scaled_head_resumes_exactly(run):  # noqa: F811
 
     assert rates(changed) == pytest.approx(rates(fresh))
     assert rates(fresh)[30.0] > 10 * rates(fresh)[1.0]
+
+
+@pytest.mark.parametrize("source", ["mask", "uniform"])
+def test_the_head_at_changeable_positions_gives_the_losses_of_the_full_head(source):
+    """Training runs the chain's head only where the step can change a token
+    (``chain_terms(..., positions=changeable)``): the losses and the data term are the numbers
+    the head at every position gives, and the gradients agree to float rounding (the head's
+    weight gradient sums fewer rows)."""
+    from tsdfm.training.mixture import joint_log_likelihood
+
+    student = tiny_chain(codes=3, length=6, scale=2.0, seed=4).train()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, C, (10, 6), generator=g)
+    if source == "mask":
+        x = torch.where(torch.rand(x.shape, generator=g) < 0.6, torch.full_like(x, MASK), x)
+    changeable = x == MASK if source == "mask" else torch.ones_like(x, dtype=torch.bool)
+    assert 0 < int(changeable.sum()) < x.numel() or source == "uniform"
+    y = torch.where(changeable, torch.randint(0, C, x.shape, generator=g), x)
+    t, dt = torch.rand(10, generator=g) * 0.5, torch.full((10,), 0.25)
+    q = torch.full((10,), 0.4, dtype=torch.float64)
+    target = torch.log_softmax(torch.randn(10, 6, C, generator=g), -1)
+
+    def losses(positions):
+        student.zero_grad()
+        logits, log_trans = student.chain_terms(x, t, dt, positions=positions)
+        out = chain_losses(logits, log_trans, target, x, y, q, changeable, source, MASK)
+        data = joint_log_likelihood(logits, log_trans, x, y, q, changeable, source, MASK)
+        (out[0] + out[1] - data.sum()).backward()
+        grads = {k: p.grad.clone() for k, p in student.named_parameters() if p.grad is not None}
+        return [*out, data.detach()], grads
+
+    full, full_grads = losses(None)
+    at, at_grads = losses(changeable)
+    assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(full, at, strict=True))
+    assert float(full[1].detach()) != 0.0  # the correlation term is live
+    for name, grad in full_grads.items():
+        scale = float(grad.abs().max())
+        assert float((at_grads[name] - grad).abs().max()) <= 1e-5 * scale, name
+    log_trans = student.chain_terms(x, t, dt)[1].detach()
+    with pytest.raises(ValueError, match="positions=changeable"):  # logits at other positions
+        chain_losses(torch.zeros(1, 3, C), log_trans, target, x, y, q, changeable, source, MASK)

@@ -222,14 +222,24 @@ class Denoiser(PretrainedMixin, nn.Module):
             h = block(h, cond)
         return h
 
-    def chain_terms(self, x: torch.Tensor, t, dt) -> tuple[torch.Tensor, torch.Tensor]:
-        """A chain student's step law in full, for its exact likelihood (one body pass):
-        ``(logits [B, L, K, num_classes]`` under every code, ``log P(z_i = b | z_{i-1} = a)
-        [B, L, K, K])`` (float32; at position 0 every row is the law of ``z_0``)."""
+    def chain_terms(
+        self, x: torch.Tensor, t, dt, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A chain student's step law, for its exact likelihood (one body pass): ``(logits
+        [B, L, K, num_classes]`` under every code, ``log P(z_i = b | z_{i-1} = a) [B, L, K,
+        K])`` (float32; at position 0 every row is the law of ``z_0``).
+
+        ``positions`` (bool ``[B, L]``): the head only there, ``logits [N, K, num_classes]`` in
+        ``positions.nonzero()`` order. Why: the head under every code is ``K`` times a product
+        student's head and most of a chain step's cost on a large vocabulary, and a position
+        the step cannot change (a visible token, mask source) contributes nothing to the
+        likelihood; the transitions still cover the whole row."""
         if self.chain is None:
             raise ValueError("chain_terms needs a chain student (latent_chain)")
         h, g = self._chain_features(x, t, dt)
-        logits = self.head(h.unsqueeze(2) + self.chain.all_offsets(h)).float()
+        if positions is not None:
+            h = h[positions]
+        logits = self.head(h.unsqueeze(-2) + self.chain.all_offsets(h)).float()
         return logits, self.chain.log_transitions(g)
 
     def _chain_at(self, x, t, dt, u, positions: torch.Tensor) -> torch.Tensor:

@@ -163,8 +163,9 @@ class LatentChain(nn.Module):
         return torch.log_softmax(pair + unary.unsqueeze(-2), dim=-1)
 
     def all_offsets(self, h: Tensor) -> Tensor:
-        """``(U h_i) * c_z + e_z`` for every code ``[B, L, K, dim]``."""
-        return self.project(h).unsqueeze(2) * self.scale + self.shift
+        """``(U h_i) * c_z + e_z`` for every code: ``[..., K, dim]`` for features ``[..., dim]``
+        (``[B, L, dim]``, or ``[N, dim]`` at chosen positions)."""
+        return self.project(h).unsqueeze(-2) * self.scale + self.shift
 
     @torch.no_grad()  # integer codes: nothing to differentiate
     def draw_codes(self, h: Tensor, u: Tensor) -> Tensor:

@@ -155,24 +155,61 @@ def chain_losses(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`mixture_losses` for a chain student (``tsdfm.models.latent.LatentChain``).
 
-    ``logits [B, L, K, C]``: the student under every code at every position; ``log_trans
-    [B, L, K, K]``: ``log P(z_i = b | z_{i-1} = a)`` (position 0: the law of ``z_0``). The codes'
-    prior marginals ``pi_i`` follow the chain, the per-position law is ``sbar_i = sum_z pi_i(z)
-    s_{z,i}``, and ``log P(y)`` is the forward algorithm over the codes:
+    ``logits``: the student under every code, at the changeable positions ``[N, K, C]``
+    (``Denoiser.chain_terms(..., positions=changeable)``, the training path) or at every
+    position ``[B, L, K, C]`` (the others are not read); ``log_trans [B, L, K, K]``: ``log
+    P(z_i = b | z_{i-1} = a)`` (position 0: the law of ``z_0``). The codes' prior marginals
+    ``pi_i`` follow the chain, the per-position law is ``sbar_i = sum_z pi_i(z) s_{z,i}``, and
+    ``log P(y)`` is the forward algorithm over the codes:
 
         alpha_0(b) = log P(z_0 = b) + log l_0(y_0 | b),
         alpha_i(b) = logsumexp_a [alpha_{i-1}(a) + log P(b | a)] + log l_i(y_i | b),
         log P(y) = logsumexp_b alpha_{L-1}(b),
 
-    exact, ``O(L K^2)``; a position that cannot change has ``l = 1`` and passes the chain on."""
-    logs = torch.log_softmax(logits.float(), dim=-1)
-    ll = step_log_likelihoods(
-        logs.permute(2, 0, 1, 3), x, y, q, source, mask_id, changeable
-    ).permute(1, 2, 0)  # [B, L, K]
+    exact, ``O(L K^2)``; a position that cannot change has ``l = 1`` and passes the chain on.
+    The losses are the same numbers from either shape of ``logits`` (tested)."""
+    logs = _changeable_log_probs(logits, changeable)  # [N, K, C]
+    ll = _code_log_likelihoods(logs, x, y, q, changeable, source, mask_id)  # [B, L, K]
     joint, log_pi = chain_log_likelihood(ll, log_trans)
-    log_sbar = torch.logsumexp(log_pi.unsqueeze(-1) + logs, dim=2)
+    log_sbar = torch.logsumexp(log_pi[changeable].unsqueeze(-1) + logs, dim=1)  # [N, C]
+    target = target_logp[changeable]
+    kl = _scatter(changeable, (target.exp() * (target - log_sbar)).sum(-1))  # [B, L]
     product = torch.logsumexp(log_pi + ll, dim=-1).sum(-1)  # sum_i log lbar_i(y_i), [B]
-    return _assemble(target_logp, log_sbar, changeable, joint, product)
+    w = changeable.float()
+    count = w.sum().clamp_min(1.0)
+    marginal = (kl * w).sum() / count
+    correlation = (product - joint).sum() / count
+    return marginal, correlation, (joint - product).detach().mean()
+
+
+def _changeable_log_probs(logits: Tensor, changeable: Tensor) -> Tensor:
+    """``log_softmax`` of a chain's logits at the changeable positions, ``[N, K, C]``."""
+    if logits.dim() == 4:  # [B, L, K, C] at every position
+        logits = logits[changeable]
+    if logits.shape[0] != int(changeable.sum()):
+        raise ValueError(
+            f"chain logits at {logits.shape[0]} positions, but {int(changeable.sum())} "
+            "are changeable: pass chain_terms(..., positions=changeable)"
+        )
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _code_log_likelihoods(logs, x, y, q, changeable, source, mask_id) -> Tensor:
+    """``log l_i(y_i | z)`` ``[B, L, K]`` (:func:`step_log_likelihoods`) from the log-probs at
+    the changeable positions ``logs [N, K, C]``; 0 elsewhere."""
+    rows = changeable.nonzero(as_tuple=True)[0]
+    one = torch.ones(len(rows), 1, dtype=torch.bool, device=x.device)
+    ll = step_log_likelihoods(
+        logs.permute(1, 0, 2).unsqueeze(2), x[changeable].unsqueeze(-1),
+        y[changeable].unsqueeze(-1), q[rows], source, mask_id, one,
+    ).squeeze(-1)  # fmt: skip
+    return _scatter(changeable, ll.t())
+
+
+def _scatter(where: Tensor, values: Tensor) -> Tensor:
+    """``values [N, ...]`` placed at the True entries of ``where [B, L]``, zeros elsewhere."""
+    out = values.new_zeros(*where.shape, *values.shape[1:])
+    return out.index_put(where.nonzero(as_tuple=True), values)
 
 
 def data_step(x1: Tensor, x_t: Tensor, q: Tensor, changeable: Tensor, generator) -> Tensor:
@@ -195,23 +232,25 @@ def joint_log_likelihood(
     logits: Tensor, log_trans: Tensor | None, x: Tensor, y: Tensor, q: Tensor,
     changeable: Tensor, source: str, mask_id: int,
 ) -> Tensor:  # fmt: skip
-    """``log P(y | x)`` ``[B]`` under the student's step from its logits: a chain's
-    ``[B, L, K, C]`` with its transitions ``log_trans`` (the forward algorithm), or a mixture's
-    ``[K, B, L, C]`` with ``log_trans = None`` (a log-mean-exp over the codes)."""
-    logs = torch.log_softmax(logits.float(), dim=-1)
+    """``log P(y | x)`` ``[B]`` under the student's step from its logits: a chain's (at the
+    changeable positions ``[N, K, C]`` or everywhere ``[B, L, K, C]``, :func:`chain_losses`)
+    with its transitions ``log_trans`` (the forward algorithm), or a mixture's ``[K, B, L, C]``
+    with ``log_trans = None`` (a log-mean-exp over the codes)."""
     if log_trans is not None:
-        ll = step_log_likelihoods(logs.permute(2, 0, 1, 3), x, y, q, source, mask_id, changeable)
-        return chain_log_likelihood(ll.permute(1, 2, 0), log_trans, marginals=False)[0]
+        logs = _changeable_log_probs(logits, changeable)
+        ll = _code_log_likelihoods(logs, x, y, q, changeable, source, mask_id)
+        return chain_log_likelihood(ll, log_trans, marginals=False)[0]
+    logs = torch.log_softmax(logits.float(), dim=-1)
     ll = step_log_likelihoods(logs, x, y, q, source, mask_id, changeable)
     return torch.logsumexp(ll.sum(-1), dim=0) - math.log(logits.shape[0])
 
 
-def student_step_terms(model, x: Tensor, t: Tensor, dt: Tensor, codes: int):
+def student_step_terms(model, x: Tensor, t: Tensor, dt: Tensor, codes: int, changeable: Tensor):
     """``(logits, log_trans)`` of a correlated student at ``x``: one body pass for a chain
-    (``[B, L, K, C]`` and its transitions), ``K`` copies of each row for a mixture
-    (``[K, B, L, C]``, ``None``)."""
+    (its head at the ``changeable`` positions only, ``[N, K, C]``, and its transitions over the
+    row), ``K`` copies of each row for a mixture (``[K, B, L, C]``, ``None``)."""
     if latent_chain_of(model):
-        return model.chain_terms(x, t, dt)
+        return model.chain_terms(x, t, dt, positions=changeable)
     b = x.shape[0]
     z = torch.arange(codes, device=x.device).repeat_interleave(b)
     logits = model(x.repeat(codes, 1), t.repeat(codes), dt.repeat(codes), z)
@@ -224,7 +263,7 @@ def joint_nll(
 ) -> Tensor:  # fmt: skip
     """``-log P(y | x)`` under the student's step (mixture or chain), summed over rows and
     divided by the number of changeable positions: the data term's loss."""
-    logits, log_trans = student_step_terms(model, x, t, dt, codes)
+    logits, log_trans = student_step_terms(model, x, t, dt, codes, changeable)
     joint = joint_log_likelihood(logits, log_trans, x, y, q, changeable, source, mask_id)
     return per_position_nll(joint, changeable)
 
@@ -257,7 +296,7 @@ class MixtureObjective(ShortcutObjective):
         target, anchor, y = self.step_targets(model, x_t, t, dt, generator, sample=True)
         q = switch_probability(t, dt, self.scheduler, x_t.device)
         changeable = self.changeable(x_t)
-        logits, log_trans = student_step_terms(model, x_t, t, dt, self.codes)
+        logits, log_trans = student_step_terms(model, x_t, t, dt, self.codes, changeable)
         if log_trans is not None:
             marginal, correlation, pmi = chain_losses(
                 logits, log_trans, target, x_t, y, q, changeable, self.source, self.mask_id
