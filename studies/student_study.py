@@ -18,6 +18,10 @@ Usage (the exact benchmark)::
     python studies/student_study.py --config configs/markov.yaml --run-dir runs/markov \\
         --arm "blind=student.target_space=probs" --seeds 0 1 2 --teacher-steps 8 \\
         --student-steps 8 --temperatures 0.85 0.9 --out docs/results/markov-shaping/temperature
+    # compasses of several sizes (issue 36): each shaped arm with its own learned compass
+    python studies/student_study.py --config configs/bench.yaml --run-dir runs/bench-longer \
+        --arm "c-small=student.shaping.compass=ar;student.shaping.candidates=4" \
+        --compass c-small=runs/bench-longer/compass-small --seeds 0 1 2 --out DIR
     # tabulate another evaluation of the same samples (`tsdfm evaluate --evaluators smollm2-135m`)
     python studies/student_study.py --summarise docs/results/STUDY/smollm2/results.json
 
@@ -71,6 +75,14 @@ def main() -> None:
         help="sampling temperatures for every teacher and student row (default 1); rows at "
         "T != 1 are written as NAME-T<T>_<steps>.jsonl and tabulated as their own arm",
     )
+    ap.add_argument(
+        "--compass",
+        action="append",
+        default=[],
+        metavar="ARM=DIR",
+        help="the learned compass (causal LM run or model dir) of one shaped arm, repeatable; "
+        "arms without one use RUN_DIR/compass",
+    )
     ap.add_argument("--evaluators", nargs="*", default=None)
     ap.add_argument(
         "--eval-only",
@@ -118,6 +130,7 @@ def main() -> None:
         ap.error(f"the following arguments are required: {', '.join(missing)}")
 
     run, out = Path(args.run_dir), Path(args.out)
+    compasses = _compasses(args.compass, [spec.partition("=")[0] for spec in args.arm], ap)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     cfg = load_config(args.config, args.overrides)
     teacher = run / "teacher" / "model"
@@ -165,7 +178,9 @@ def main() -> None:
             )
             sdir = run / name
             if not (sdir / "summary.json").is_file():
-                jump_fn, method, extra, _ = shaping_setup(arm_seed, teacher, run / "data", navigate)
+                jump_fn, method, extra, _ = shaping_setup(
+                    arm_seed, teacher, run / "data", navigate, compass_dir=compasses.get(arm_name)
+                )
                 train_student(
                     arm_seed,
                     teacher,
@@ -195,6 +210,21 @@ def main() -> None:
     if kept:
         results = _merge_rows(out, results, kept)
     _write_study(out, summarise(results, args.baseline))
+
+
+def _compasses(specs: list[str], arms: list[str], ap: argparse.ArgumentParser) -> dict:
+    """``--compass ARM=DIR`` pairs as ``{arm: Path}``, each naming an ``--arm`` and a directory."""
+    out = {}
+    for spec in specs:
+        arm, _, directory = spec.partition("=")
+        if arm not in arms or not directory:
+            ap.error(f"--compass {spec!r}: expected ARM=DIR with ARM one of --arm ({arms})")
+        if not Path(directory).is_dir():
+            ap.error(
+                f"--compass {spec!r}: no directory {directory} (train it with `tsdfm train causal --role compass`)"
+            )
+        out[arm] = Path(directory)
+    return out
 
 
 def _kept_rows(path: Path, evaluators: list[str] | None) -> list[dict]:

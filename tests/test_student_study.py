@@ -174,3 +174,37 @@ def test_keep_rows_merges_published_rows_whose_samples_were_dropped(load_script,
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == merged["rows"]
     with pytest.raises(SystemExit, match="scored by"):
         script._kept_rows(tmp_path / "results.json", ["ar-small"])
+
+
+def test_compass_per_arm_reaches_the_shaping_setup(load_script, tmp_path, monkeypatch, capsys):
+    """``--compass ARM=DIR``: that arm's shaped students get DIR as their compass, the others
+    the run's default (None here); an unknown arm or a missing directory is refused."""
+    import sys
+
+    import pytest
+
+    script = load_script("student_study")
+    seen = {}
+
+    def setup(cfg, teacher, data, navigate, compass_dir=None):
+        seen[cfg.student.shaping.candidates] = compass_dir
+        return None, "shaped", {}, "x"
+
+    monkeypatch.setattr(script, "shaping_setup", setup)
+    monkeypatch.setattr(script, "train_student", lambda *a, **k: None)
+    monkeypatch.setattr(script, "draw_samples", lambda *a, **k: None)
+    monkeypatch.setattr(script, "write_samples", lambda path, draw: path)
+    small = tmp_path / "compass-small"
+    small.mkdir()
+    base = ["x", "--config", "configs/markov.yaml", "--run-dir", str(tmp_path), "--out"]
+    base += [str(tmp_path / "out"), "--no-eval", "--teacher-steps", "--seeds", "0"]
+    base += ["--arm", "k2=student.shaping.compass=ar;student.shaping.candidates=2"]
+    base += ["--arm", "k4=student.shaping.compass=ar;student.shaping.candidates=4"]
+    monkeypatch.setattr(sys, "argv", [*base, "--compass", f"k2={small}"])
+    script.main()
+    assert seen == {2: small, 4: None}
+    for bad, why in ((f"k8={small}", "one of --arm"), (f"k2={tmp_path / 'nope'}", "no directory")):
+        monkeypatch.setattr(sys, "argv", [*base, "--compass", bad])
+        with pytest.raises(SystemExit):
+            script.main()
+        assert why in capsys.readouterr().err
