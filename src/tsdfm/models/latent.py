@@ -118,10 +118,11 @@ class LatentChain(nn.Module):
     form a chain, so ``log P(y)`` is the forward algorithm of a hidden Markov model, exact, in
     ``O(L K^2)`` (``tsdfm.training.mixture.chain_losses``).
 
-    **Sampling** costs one network pass: the codes are drawn position by position from uniform
-    noise ``u [B, L]`` (inverse CDF, ``L`` small ``[B, K]`` operations: a row of ``A`` plus
-    ``u_i``) after the body has run, then one head call at the drawn codes. The noise comes
-    from the caller's generator (:func:`draw_model_latent`), so a seed still fixes every sample.
+    **Sampling** costs one network pass: the codes are drawn along the row from uniform noise
+    ``u [B, L]`` (inverse CDF on each row's weights ``exp(A_a) * exp(u_i)``, by a parallel scan
+    for few rows or one position at a time, :meth:`draw_codes`) after the body has run, then one
+    head call at the drawn codes. The noise comes from the caller's generator
+    (:func:`draw_model_latent`), so a seed still fixes every sample.
     """
 
     def __init__(self, dim: int, codes: int, features: str = "last"):
