@@ -106,15 +106,20 @@ def mixture_losses(
     ll = step_log_likelihoods(logs, x, y, q, source, mask_id, changeable)  # [K, B, L]
     joint = torch.logsumexp(ll.sum(-1), dim=0) - log_m  # [B]
     product = (torch.logsumexp(ll, dim=0) - log_m).sum(-1)  # [B]
-    return _assemble(target_logp, log_sbar, changeable, joint, product)
+    return _assemble(_kl(target_logp, log_sbar), changeable, joint, product)
 
 
-def _assemble(target_logp, log_sbar, changeable, joint, product) -> tuple[Tensor, Tensor, Tensor]:
-    """``(marginal, correlation, pmi)`` from the per-position law ``log_sbar [B, L, C]``, the
-    joint ``log P(y) [B]`` and ``sum_i log lbar_i(y_i) [B]`` (:func:`mixture_losses`)."""
+def _kl(target_logp: Tensor, log_sbar: Tensor) -> Tensor:
+    """``KL(target || sbar)`` per position, over the last (class) dimension."""
+    return (target_logp.exp() * (target_logp - log_sbar)).sum(-1)
+
+
+def _assemble(kl, changeable, joint, product) -> tuple[Tensor, Tensor, Tensor]:
+    """``(marginal, correlation, pmi)`` from the per-position ``KL(target || sbar)`` ``kl [B, L]``,
+    the joint ``log P(y) [B]`` and ``sum_i log lbar_i(y_i) [B]`` (:func:`mixture_losses`)."""
     w = changeable.float()
     count = w.sum().clamp_min(1.0)
-    marginal = ((target_logp.exp() * (target_logp - log_sbar)).sum(-1) * w).sum() / count
+    marginal = (kl * w).sum() / count
     correlation = (product - joint).sum() / count
     return marginal, correlation, (joint - product).detach().mean()
 
@@ -168,48 +173,44 @@ def chain_losses(
 
     exact, ``O(L K^2)``; a position that cannot change has ``l = 1`` and passes the chain on.
     The losses are the same numbers from either shape of ``logits`` (tested)."""
-    logs = _changeable_log_probs(logits, changeable)  # [N, K, C]
-    ll = _code_log_likelihoods(logs, x, y, q, changeable, source, mask_id)  # [B, L, K]
+    at = changeable.nonzero(as_tuple=True)  # once: every gather and scatter below reuses it
+    logs = _changeable_log_probs(logits, at)  # [N, K, C]
+    ll = _code_log_likelihoods(logs, x, y, q, at, changeable.shape, source, mask_id)  # [B, L, K]
     joint, log_pi = chain_log_likelihood(ll, log_trans)
-    log_sbar = torch.logsumexp(log_pi[changeable].unsqueeze(-1) + logs, dim=1)  # [N, C]
-    target = target_logp[changeable]
-    kl = _scatter(changeable, (target.exp() * (target - log_sbar)).sum(-1))  # [B, L]
+    log_sbar = torch.logsumexp(log_pi[at].unsqueeze(-1) + logs, dim=1)  # [N, C]
+    kl = _scatter(at, changeable.shape, _kl(target_logp[at], log_sbar))  # [B, L]
     product = torch.logsumexp(log_pi + ll, dim=-1).sum(-1)  # sum_i log lbar_i(y_i), [B]
-    w = changeable.float()
-    count = w.sum().clamp_min(1.0)
-    marginal = (kl * w).sum() / count
-    correlation = (product - joint).sum() / count
-    return marginal, correlation, (joint - product).detach().mean()
+    return _assemble(kl, changeable, joint, product)
 
 
-def _changeable_log_probs(logits: Tensor, changeable: Tensor) -> Tensor:
-    """``log_softmax`` of a chain's logits at the changeable positions, ``[N, K, C]``."""
+def _changeable_log_probs(logits: Tensor, at: tuple[Tensor, Tensor]) -> Tensor:
+    """``log_softmax`` of a chain's logits at the changeable positions ``at`` (their
+    ``nonzero`` indices), ``[N, K, C]``."""
     if logits.dim() == 4:  # [B, L, K, C] at every position
-        logits = logits[changeable]
-    if logits.shape[0] != int(changeable.sum()):
+        logits = logits[at]
+    if logits.shape[0] != len(at[0]):
         raise ValueError(
-            f"chain logits at {logits.shape[0]} positions, but {int(changeable.sum())} "
+            f"chain logits at {logits.shape[0]} positions, but {len(at[0])} "
             "are changeable: pass chain_terms(..., positions=changeable)"
         )
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def _code_log_likelihoods(logs, x, y, q, changeable, source, mask_id) -> Tensor:
+def _code_log_likelihoods(logs, x, y, q, at, shape, source, mask_id) -> Tensor:
     """``log l_i(y_i | z)`` ``[B, L, K]`` (:func:`step_log_likelihoods`) from the log-probs at
-    the changeable positions ``logs [N, K, C]``; 0 elsewhere."""
-    rows = changeable.nonzero(as_tuple=True)[0]
-    one = torch.ones(len(rows), 1, dtype=torch.bool, device=x.device)
+    the changeable positions ``at`` ``logs [N, K, C]``; 0 elsewhere."""
+    one = torch.ones(len(at[0]), 1, dtype=torch.bool, device=x.device)
     ll = step_log_likelihoods(
-        logs.permute(1, 0, 2).unsqueeze(2), x[changeable].unsqueeze(-1),
-        y[changeable].unsqueeze(-1), q[rows], source, mask_id, one,
+        logs.permute(1, 0, 2).unsqueeze(2), x[at].unsqueeze(-1),
+        y[at].unsqueeze(-1), q[at[0]], source, mask_id, one,
     ).squeeze(-1)  # fmt: skip
-    return _scatter(changeable, ll.t())
+    return _scatter(at, shape, ll.t())
 
 
-def _scatter(where: Tensor, values: Tensor) -> Tensor:
-    """``values [N, ...]`` placed at the True entries of ``where [B, L]``, zeros elsewhere."""
-    out = values.new_zeros(*where.shape, *values.shape[1:])
-    return out.index_put(where.nonzero(as_tuple=True), values)
+def _scatter(at: tuple[Tensor, Tensor], shape, values: Tensor) -> Tensor:
+    """``values [N, ...]`` placed at the indices ``at`` of a ``shape`` (``[B, L]``) grid, zeros
+    elsewhere."""
+    return values.new_zeros(*shape, *values.shape[1:]).index_put(at, values)
 
 
 def data_step(x1: Tensor, x_t: Tensor, q: Tensor, changeable: Tensor, generator) -> Tensor:
@@ -237,8 +238,9 @@ def joint_log_likelihood(
     with its transitions ``log_trans`` (the forward algorithm), or a mixture's ``[K, B, L, C]``
     with ``log_trans = None`` (a log-mean-exp over the codes)."""
     if log_trans is not None:
-        logs = _changeable_log_probs(logits, changeable)
-        ll = _code_log_likelihoods(logs, x, y, q, changeable, source, mask_id)
+        at = changeable.nonzero(as_tuple=True)
+        logs = _changeable_log_probs(logits, at)
+        ll = _code_log_likelihoods(logs, x, y, q, at, changeable.shape, source, mask_id)
         return chain_log_likelihood(ll, log_trans, marginals=False)[0]
     logs = torch.log_softmax(logits.float(), dim=-1)
     ll = step_log_likelihoods(logs, x, y, q, source, mask_id, changeable)
