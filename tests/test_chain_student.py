@@ -56,7 +56,7 @@ def log_likelihoods(student, x, y, q):
     return ll, log_trans
 
 
-@pytest.mark.parametrize("features", ["last", "penultimate"])
+@pytest.mark.parametrize("features", ["last", "penultimate", "changeable"])
 def test_forward_algorithm_equals_the_sum_over_every_code_sequence(features):
     student = tiny_chain(codes=3, length=4, scale=1.0, features=features)
     x = torch.tensor([[MASK] * 4, [0, MASK, MASK, 1], [MASK, 1, MASK, MASK]])
@@ -78,7 +78,7 @@ def test_forward_algorithm_equals_the_sum_over_every_code_sequence(features):
     assert float((log_pi.exp() - 1 / 3).abs().max()) > 1e-3
 
 
-@pytest.mark.parametrize("features", ["last", "penultimate"])
+@pytest.mark.parametrize("features", ["last", "penultimate", "changeable"])
 def test_the_sampler_draws_the_law_the_objective_scores(features):
     """One step from all-mask (t = 0, dt = 1: every position lands) of a randomised chain
     student: the empirical frequency of each of the C^L outcomes matches exp(log P(y)) from the
@@ -141,15 +141,41 @@ def test_chain_student_round_trip_and_seeded_sampling(tmp_path):
     )
     with pytest.raises(ValueError, match="uniform noise"):
         student(x0, torch.zeros(32), torch.ones(32), torch.zeros(32, dtype=torch.long))
-    penultimate = tiny_chain(codes=3, length=4, scale=1.0, features="penultimate")
-    penultimate.save_pretrained(tmp_path / "p")
-    config = json.loads((tmp_path / "p" / "config.json").read_text())
-    assert config["chain_features"] == "penultimate"
-    loaded, _ = load_pretrained(tmp_path / "p")
-    assert loaded.chain.features == "penultimate"
-    x, t, u = torch.full((2, 4), MASK), torch.zeros(2), torch.rand(2, 4)
+    x, t, u = torch.tensor([[MASK] * 4, [0, MASK, 1, MASK]]), torch.zeros(2), torch.rand(2, 4)
+    for features in ("penultimate", "changeable"):
+        other = tiny_chain(codes=3, length=4, scale=1.0, features=features)
+        other.save_pretrained(tmp_path / features)
+        config = json.loads((tmp_path / features / "config.json").read_text())
+        assert config["chain_features"] == features
+        loaded, _ = load_pretrained(tmp_path / features)
+        assert loaded.chain.features == features
+        with torch.no_grad():
+            assert torch.equal(other.eval()(x, t, t + 1, u), loaded(x, t, t + 1, u))
+
+
+def test_changeable_features_read_the_head_where_a_token_can_move_and_the_relay_elsewhere():
+    """``chain_features=changeable``: at masked positions the transitions are those of the same
+    weights reading the head's features (``last``), at visible ones those reading the last
+    block's input (``penultimate``); a change of the last block moves only the former."""
+    student = tiny_chain(codes=3, length=4, scale=1.0, features="changeable").eval()
+    x = torch.tensor([[MASK, 0, MASK, 1], [1, 1, MASK, MASK]])
+    t = torch.zeros(2)
+    masked = (x == MASK).unsqueeze(-1).unsqueeze(-1)
     with torch.no_grad():
-        assert torch.equal(penultimate.eval()(x, t, t + 1, u), loaded(x, t, t + 1, u))
+        _, trans = student.chain_terms(x, t, t + 1)
+        reads = {}
+        for features in ("last", "penultimate"):
+            student.chain.features = features
+            reads[features] = student.chain_terms(x, t, t + 1)[1]
+        student.chain.features = "changeable"
+        torch.testing.assert_close(trans, torch.where(masked, *reads.values()))
+        assert not torch.allclose(reads["last"], reads["penultimate"], atol=1e-3)
+        for p in student.blocks[-1].parameters():  # the last block moves ...
+            p.add_(torch.randn_like(p))
+        moved = student.chain_terms(x, t, t + 1)[1]
+    visible = ~masked.expand_as(trans)
+    assert torch.equal(moved[visible], trans[visible])  # ... not the relay's transitions
+    assert not torch.allclose(moved[~visible], trans[~visible], atol=1e-4)
 
 
 def test_a_fresh_chain_student_is_near_its_teacher():
@@ -360,6 +386,7 @@ def test_latent_lr_scale_is_refused_where_it_means_nothing():
     with pytest.raises(TsdfmError, match="chain_features"):
         StudentConfig(kind="chain", chain_features="first").validate()
     StudentConfig(kind="chain", chain_features="penultimate").validate()
+    StudentConfig(kind="chain", chain_features="changeable").validate()
 
 
 def test_a_chain_student_with_a_scaled_head_resumes_exactly(run):  # noqa: F811

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from tsdfm.errors import TsdfmError
-from tsdfm.flow import CosineScheduler, PolynomialScheduler, sample_path, sample_source, sample_time
+from tsdfm.flow import (
+    CosineScheduler,
+    PolynomialScheduler,
+    changeable_positions,
+    sample_path,
+    sample_source,
+    sample_time,
+)
 
 V = 7
 MASK = V
@@ -72,3 +79,12 @@ def test_sample_time():
     assert torch.equal(t, sample_time(10000, _gen(), t_max=1.0, eps=1e-3))
     with pytest.raises(TsdfmError):
         sample_time(3, _gen(), t_max=0.001, eps=0.001)
+
+
+def test_changeable_positions_are_the_masked_ones_or_all():
+    x = torch.tensor([[0, 5, 2], [5, 5, 1]])
+    assert changeable_positions(x, "mask", 5).tolist() == [
+        [False, True, False],
+        [True, True, False],
+    ]
+    assert bool(changeable_positions(x, "uniform", 5).all())

@@ -14,7 +14,7 @@ V, L = 11, 10
 
 def _model(source: str = "mask", student: bool = True, seed: int = 0, chain: str = ""):
     """A small denoiser; ``chain``: a chain student (3 codes) whose codes matter, its
-    transitions reading ``chain`` features (``last`` / ``penultimate``)."""
+    transitions reading ``chain`` features (``last`` / ``penultimate`` / ``changeable``)."""
     torch.manual_seed(seed)
     cfg = DenoiserConfig(
         vocab_size=V + 1, num_classes=V, max_len=L, dim=32, n_layers=2, n_heads=2,
@@ -44,6 +44,8 @@ def _model(source: str = "mask", student: bool = True, seed: int = 0, chain: str
         ("uniform", True, "last"),
         ("mask", True, "penultimate"),
         ("uniform", True, "penultimate"),
+        ("mask", True, "changeable"),
+        ("uniform", True, "changeable"),
     ],
 )
 def test_forward_at_positions_equals_the_full_forward_there(source, student, chain):
@@ -80,6 +82,25 @@ def test_forward_at_positions_equals_the_full_forward_there(source, student, cha
         m(x, t, dt, positions=pos.long())
 
 
+def test_changeable_chain_features_are_the_last_on_the_uniform_source():
+    """Every position of the uniform source can change, so ``changeable`` reads the head's
+    features everywhere: the same weights give ``last``'s logits, on the full and the
+    positions= paths (and the mask source's differ, the check that could fail)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, V + 1, (4, L), generator=g)
+    t, dt, u = torch.rand(4, generator=g), torch.full((4,), 0.25), torch.rand(4, L, generator=g)
+    pos = torch.rand(4, L, generator=g) < 0.5
+    out = {}
+    for source in ("uniform", "mask"):
+        for chain in ("last", "changeable"):
+            m = _model(source, chain=chain)
+            with torch.no_grad():
+                out[source, chain] = (m(x, t, dt, u), m(x, t, dt, u, positions=pos))
+    for a, b in zip(out["uniform", "last"], out["uniform", "changeable"], strict=True):
+        assert torch.equal(a, b)
+    assert not torch.allclose(out["mask", "last"][0], out["mask", "changeable"][0], atol=1e-4)
+
+
 def _draw(model, source, head_at_jumps, clamp=None, seed=3, batch=5, steps=6, **kw):
     c = model.config
     g = torch.Generator().manual_seed(seed)
@@ -93,7 +114,7 @@ def _draw(model, source, head_at_jumps, clamp=None, seed=3, batch=5, steps=6, **
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("chain", ["", "last", "penultimate"])
+@pytest.mark.parametrize("chain", ["", "last", "penultimate", "changeable"])
 @pytest.mark.parametrize("source", ["mask", "uniform"])
 @pytest.mark.parametrize(
     "filters", [{}, {"temperature": 0.7, "top_p": 0.8}, {"top_k": 3, "temperature": 1.5}]
@@ -150,14 +171,17 @@ def test_precision_benchmark_compares_the_full_head(tmp_path):
     assert (tmp_path / "out" / "full-head.jsonl").is_file()
 
 
-@pytest.mark.parametrize("chain", ["", "last", "penultimate"])
-def test_cpu_row_chunks_give_the_same_logits(monkeypatch, chain):
+@pytest.mark.parametrize(
+    "chain,source",
+    [("", "uniform"), ("last", "uniform"), ("penultimate", "uniform"), ("changeable", "mask")],
+)
+def test_cpu_row_chunks_give_the_same_logits(monkeypatch, chain, source):
     """The CPU body runs over row chunks; chunk borders (and repeated rows that straddle them)
     change nothing but the rounding of a smaller matmul (a chain student's codes are drawn
     after the chunks, over the whole batch)."""
     import tsdfm.models.denoiser as denoiser
 
-    m = _model("uniform", chain=chain)
+    m = _model(source, chain=chain)
     g = torch.Generator().manual_seed(5)
     x = torch.randint(0, V + 1, (7, L), generator=g)
     x[6] = x[0]

@@ -208,7 +208,7 @@ MIDPOINT_KINDS = ("model", "teacher", "exact-marginal", "exact-joint")
 STUDENT_KINDS = ("product", "mixture", "chain")
 CORRELATED_KINDS = ("mixture", "chain")
 # What a chain student's code transitions read (tsdfm.models.latent.LatentChain)
-CHAIN_FEATURES = ("last", "penultimate")
+CHAIN_FEATURES = ("last", "penultimate", "changeable")
 
 
 @dataclass
@@ -266,8 +266,11 @@ class StudentConfig:
     teacher: Adam moves a parameter by at most about ``lr`` per step, so at ``lr = 3e-4`` a
     transition logit moves at most ~0.2 nats in 1,200 cosine steps (docs/mixture.md).
     ``chain_features`` (chain kind): what the code transitions read, ``last`` (default: the
-    head's features) or ``penultimate`` (the last block's input, so that sampling runs the last
-    block and the head only where tokens move, as for a product student; docs/mixture.md).
+    head's features), ``penultimate`` (the last block's input, so that sampling runs the last
+    block and the head only where tokens move, as for a product student) or ``changeable``
+    (the head's features where the step can change a token, the last block's input elsewhere:
+    on the mask source sampling runs the last block at the masked positions only;
+    docs/mixture.md).
     """
 
     train: TrainConfig = field(

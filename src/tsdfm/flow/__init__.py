@@ -7,7 +7,7 @@ states the one it implements.
 from tsdfm.flow.filtering import filter_logits
 from tsdfm.flow.jump import JUMP_RULES, jump, switch_probability
 from tsdfm.flow.loss import cross_entropy, generalized_kl
-from tsdfm.flow.path import SOURCES, sample_path, sample_source, sample_time
+from tsdfm.flow.path import SOURCES, changeable_positions, sample_path, sample_source, sample_time
 from tsdfm.flow.rng import categorical
 from tsdfm.flow.sampler import SampleResult, sample
 from tsdfm.flow.scheduler import (
@@ -27,6 +27,7 @@ __all__ = [
     "SampleResult",
     "Scheduler",
     "categorical",
+    "changeable_positions",
     "cross_entropy",
     "filter_logits",
     "generalized_kl",

@@ -30,6 +30,15 @@ def check_source(source: str) -> None:
         raise TsdfmError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
+def changeable_positions(x: Tensor, source: str, mask_id: int) -> Tensor:
+    """The positions of ``x [B, L]`` that a step can still change (bool ``[B, L]``): the masked
+    ones on the mask path (a committed token never moves again), every one on the uniform path
+    (any token can jump)."""
+    if source == "mask":
+        return x == mask_id
+    return torch.ones_like(x, dtype=torch.bool)
+
+
 def sample_source(
     shape: tuple[int, ...] | torch.Size,
     source: str,

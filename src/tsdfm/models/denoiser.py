@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tsdfm.flow.path import changeable_positions
 from tsdfm.models.latent import LatentChain, draw_latent
 from tsdfm.models.layers import Block, ScalarEmbedding, init_weights
 from tsdfm.models.pretrained import PretrainedMixin
@@ -212,7 +213,14 @@ class Denoiser(PretrainedMixin, nn.Module):
         cond = self.conditioning(t, dt)
         h = self._trunk(x, cond)
         last = self.norm(self.blocks[-1](h, cond))
-        return last, self.chain.transition_features(h, last)
+        return last, self.chain.transition_features(h, last, self._changeable(x))
+
+    def _changeable(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The positions of ``x`` a step can change, for a chain reading ``changeable``
+        features (None for the other chains: they do not look)."""
+        if self.chain is None or self.chain.features != "changeable":
+            return None
+        return changeable_positions(x, self.config.source, self.mask_id)
 
     def _trunk(self, x: torch.Tensor, cond) -> torch.Tensor:
         """Every block but the last on the ids ``x``: the last block's input ``[B, L, dim]``
@@ -245,9 +253,11 @@ class Denoiser(PretrainedMixin, nn.Module):
     def _chain_at(self, x, t, dt, u, positions: torch.Tensor) -> torch.Tensor:
         """A chain student's logits at ``positions`` only. Its codes run along the whole row, so
         whatever its transitions read is computed at every position: the head's features
-        (``chain_features="last"``: the whole body, the last block included) or the last
+        (``chain_features="last"``: the whole body, the last block included), the last
         block's input (``"penultimate"``: then the last block runs at the N positions alone,
-        as in :meth:`_forward_at`). Identical rows (the all-[MASK] first step) go through the
+        as in :meth:`_forward_at`), or the head's features at the changeable positions and
+        the last block's input elsewhere (``"changeable"``: the last block at the masked
+        positions on the mask source, everywhere on the uniform source). Identical rows (the all-[MASK] first step) go through the
         body once; the code offsets and the head run at the N positions alone. The same
         operations as the full call at every returned logit."""
         rows, cols = _positions(x, positions)
@@ -280,13 +290,34 @@ class Denoiser(PretrainedMixin, nn.Module):
         """``(g [B, L, dim], h [N, dim])`` of :meth:`_chain_at` for the rows ``x``: the
         transition features at every position and the head's features at ``(rows, cols)``."""
         h = self._trunk(x, cond)
-        if self.chain.reads_last:
+        changeable = self._changeable(x)
+        if self.chain.reads_last or (changeable is not None and bool(changeable.all())):
             last = self.norm(self.blocks[-1](h, cond))
-            return last, last[rows, cols]
+            return self.chain.transition_features(h, last, changeable), last[rows, cols]
+        if changeable is not None:
+            return self._changeable_rows(h, cond, changeable, rows, cols)
         g = self.chain.transition_features(h, None)
         if rows.numel() == 0:  # a chunk with nothing to move still draws its codes
             return g, h.new_zeros(0, h.shape[-1])
         return g, self.norm(self.blocks[-1].forward_at(h, cond, rows, cols))
+
+    def _changeable_rows(
+        self, h, cond, changeable, rows, cols
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_chain_rows` for ``chain_features="changeable"``: the last block at the
+        changeable positions (what the transitions read there) and at ``(rows, cols)`` (what
+        the head reads; on the mask source a subset), its input everywhere else."""
+        need = changeable.clone()
+        need[rows, cols] = True
+        need_rows, need_cols = need.nonzero(as_tuple=True)
+        g = self.chain.relay_features(h)
+        if need_rows.numel() == 0:
+            return g, h.new_zeros(0, h.shape[-1])
+        where = torch.full(need.shape, -1, dtype=torch.long, device=h.device)
+        where[need_rows, need_cols] = torch.arange(need_rows.numel(), device=h.device)
+        last = self.norm(self.blocks[-1].forward_at(h, cond, need_rows, need_cols))
+        at = changeable.nonzero(as_tuple=True)
+        return g.index_put(at, last[where[at]]), last[where[rows, cols]]
 
     def _forward_at(self, x, t, dt, positions: torch.Tensor) -> torch.Tensor:
         rows, cols = _positions(x, positions)

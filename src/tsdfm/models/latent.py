@@ -66,9 +66,11 @@ def draw_latent(
 # they co-occur), far from the per-sample mixture's 1.
 CHAIN_INIT_STAY = 0.5
 # What the chain's transitions read (CHAIN_FEATURES): the head's features ("last", the first
-# design) or the last block's input ("penultimate"). The codes run along the whole row, so
-# whatever they read must be computed at every position each sampling step; with "penultimate"
-# the last block and the head run only where tokens move, as for a product student
+# design), the last block's input ("penultimate"), or the head's features where the step can
+# change a token and the last block's input elsewhere ("changeable"). The codes run along the
+# whole row, so whatever they read must be computed at every position each sampling step; with
+# "penultimate" the last block and the head run only where tokens move, as for a product
+# student, with "changeable" (mask source) the last block runs at the masked positions
 # (docs/mixture.md, Cost).
 # Size of the fresh per-code offsets relative to the (layer-normalised, unit-scale) features
 # they are added to: ``delta_z(h)`` has per-dimension scale CHAIN_INIT_SCALE (weights of std
@@ -106,7 +108,9 @@ class LatentChain(nn.Module):
     a static pairwise table ``A`` plus a per-position, per-code term ``u_i`` read off the
     transition features ``g`` (``z_0`` drawn from ``softmax(u_0)``; ``g = h``, the head's
     features, or with ``features="penultimate"`` the last block's input, layer-normalised,
-    so that sampling needs the last block only where tokens move), and per-code offsets: a code embedding
+    so that sampling needs the last block only where tokens move, or with
+    ``features="changeable"`` the head's features where the step can change a token and the
+    last block's input elsewhere), and per-code offsets: a code embedding
     ``e_z`` plus a code-scaled projection of the features. Given the codes the step is a
     product; over them it is a mixture of ``K^L`` products in which positions ``i`` and ``j``
     are correlated through the codes between them, up to ``log K`` nats per *pair of
@@ -143,15 +147,37 @@ class LatentChain(nn.Module):
 
     @property
     def reads_last(self) -> bool:
-        """True when the transitions read the head's own features (the default), False when
-        they read the last block's input (``features="penultimate"``)."""
+        """True when the transitions read the head's own features at every position (the
+        default), False when they read the last block's input somewhere (``penultimate``
+        everywhere, ``changeable`` where the step cannot change a token)."""
         return self.features == "last"
 
-    def transition_features(self, before_last: Tensor, head_features: Tensor | None) -> Tensor:
+    def transition_features(
+        self, before_last: Tensor, head_features: Tensor | None, changeable: Tensor | None = None
+    ) -> Tensor:
         """``g``, what the transitions read: the head's features, or the last block's input
-        layer-normalised (no affine: ``unary`` after it is the whole read-out)."""
+        layer-normalised (no affine: ``unary`` after it is the whole read-out), or
+        (``changeable``) the head's features at the positions ``changeable [B, L]`` marks and
+        the last block's input elsewhere.
+
+        Why ``changeable``: a chain's codes matter for the likelihood only where the step can
+        change a token (a visible mask-source token has ``l = 1`` whatever its code), and there
+        the transitions read what the head reads, as with ``last``; a visible position only
+        relays the chain, and its own token is already in the last block's input. On the mask
+        source the last block then runs at the masked positions only, about 56% of them over
+        8 steps, where ``last`` runs it at all of them (docs/mixture.md, Cost)."""
         if self.reads_last:
             return head_features
+        before = self.relay_features(before_last)
+        if self.features == "penultimate":
+            return before
+        if changeable is None or changeable.shape != before.shape[:2]:
+            raise ValueError("chain_features=changeable needs the changeable positions [B, L]")
+        return torch.where(changeable.unsqueeze(-1), head_features, before)
+
+    @staticmethod
+    def relay_features(before_last: Tensor) -> Tensor:
+        """What the transitions read from the last block's input: the input layer-normalised."""
         return F.layer_norm(before_last, before_last.shape[-1:])
 
     def log_transitions(self, g: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tsdfm.flow import (
+    changeable_positions,
     cross_entropy,
     generalized_kl,
     jump,
@@ -228,9 +229,7 @@ class ShortcutObjective:
 
     def changeable(self, x_t):
         """The positions a step can still change: masked ones (mask source), all (uniform)."""
-        if self.source == "mask":
-            return x_t == self.mask_id
-        return torch.ones_like(x_t, dtype=torch.bool)
+        return changeable_positions(x_t, self.source, self.mask_id)
 
     def __call__(self, model, x1, generator):
         from tsdfm.shaping import distillation_loss
