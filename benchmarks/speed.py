@@ -19,7 +19,8 @@ weights give the same NFE as trained ones under the same seed.
 
 ``--compare DIR`` times a second student (a mixture or chain student, docs/mixture.md) at the
 headline steps beside the first, and reports its cost per sample as a ratio to the student's
-(``compare8_cost_vs_student``; and to the student's full-head row, when measured).
+(``compare8_cost_vs_student``, ratio of medians; ``compare8_cost_vs_student_paired``, median of
+the per-round ratios; and to the student's full-head row, when measured).
 
 Usage:
     python benchmarks/speed.py [--teacher DIR --student DIR --ar DIR] [--config configs/tiny.yaml]
@@ -201,6 +202,16 @@ def find(rows: list[dict], model: str, batch: int, **kw) -> dict | None:
     return None
 
 
+def paired_ratio(a: dict, b: dict) -> float:
+    """Median over rounds of ``a``'s time / ``b``'s time in the same round (:func:`measure`
+    runs every row once per round). Why beside the ratio of medians: a load spike on a shared
+    machine slows both rows of its round, so each round's ratio keeps the cost while the two
+    medians can come from different rounds (at batch 1 the runs spread by +-30%)."""
+    return statistics.median(
+        x / y for x, y in zip(a["seconds_runs"], b["seconds_runs"], strict=True)
+    )
+
+
 def speedups(rows: list[dict], batches: list[int], steps: int) -> dict:
     """Student @ ``steps`` against the teacher (uncached, cached) and AR, per batch size."""
     out = {}
@@ -225,6 +236,7 @@ def speedups(rows: list[dict], batches: list[int], steps: int) -> dict:
             out[str(b)][f"compare{steps}_cost_vs_student"] = (
                 other["seconds_median"] / s["seconds_median"]
             )
+            out[str(b)][f"compare{steps}_cost_vs_student_paired"] = paired_ratio(other, s)
             full = find(rows, "student", b, steps=steps, precision="fp32", head_at_jumps=False)
             if full is not None:
                 out[str(b)][f"compare{steps}_cost_vs_student_full_head"] = (
@@ -346,7 +358,7 @@ def markdown(r: dict) -> str:
         )
     lines.append("\nSpeed-up (ratio of wall-clock per batch):\n")
     for b, ratios in r["speedups"].items():
-        lines.append(f"- batch {b}: " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()))
+        lines.append(f"- batch {b}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     return "\n".join(lines) + "\n"
 
 

@@ -162,5 +162,15 @@ def test_compare_student_is_timed_beside_the_student(speed, tmp_path):
     ratio = result["speedups"]["2"]["compare8_cost_vs_student"]
     student = next(r for r in result["rows"] if r["model"] == "student")
     assert ratio == pytest.approx(rows[0]["seconds_median"] / student["seconds_median"])
+    paired = result["speedups"]["2"]["compare8_cost_vs_student_paired"]
+    assert paired == pytest.approx(rows[0]["seconds_runs"][0] / student["seconds_runs"][0])
     with pytest.raises(SystemExit, match="not a student"):
         speed.main([*argv[:3], "--compare", str(tmp_path / "t"), "--out", str(tmp_path)])
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios(speed):
+    """A load spike in round 2 slows both rows: each round's ratio keeps the cost (2, 1.11, 3
+    -> 2) where the ratio of medians (3 / 1) pairs round 3's compare with another round."""
+    a, b = {"seconds_runs": [2.0, 10.0, 3.0]}, {"seconds_runs": [1.0, 9.0, 1.0]}
+    assert speed.paired_ratio(a, b) == pytest.approx(2.0)
+    assert speed.paired_ratio(b, a) == pytest.approx(1 / 2)

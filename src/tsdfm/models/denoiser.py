@@ -257,9 +257,9 @@ class Denoiser(PretrainedMixin, nn.Module):
         block's input (``"penultimate"``: then the last block runs at the N positions alone,
         as in :meth:`_forward_at`), or the head's features at the changeable positions and
         the last block's input elsewhere (``"changeable"``: the last block at the masked
-        positions on the mask source, everywhere on the uniform source). Identical rows (the all-[MASK] first step) go through the
-        body once; the code offsets and the head run at the N positions alone. The same
-        operations as the full call at every returned logit."""
+        positions on the mask source, everywhere on the uniform source). Identical rows (the
+        all-[MASK] first step) go through the body once; the code offsets and the head run at
+        the N positions alone. The same operations as the full call at every returned logit."""
         rows, cols = _positions(x, positions)
         if rows.numel() == 0:
             return self.head.weight.new_zeros(0, self.config.num_classes).float()
