@@ -309,15 +309,12 @@ class Denoiser(PretrainedMixin, nn.Module):
         the head reads; on the mask source a subset), its input everywhere else."""
         need = changeable.clone()
         need[rows, cols] = True
-        need_rows, need_cols = need.nonzero(as_tuple=True)
-        g = self.chain.relay_features(h)
-        if need_rows.numel() == 0:
-            return g, h.new_zeros(0, h.shape[-1])
-        where = torch.full(need.shape, -1, dtype=torch.long, device=h.device)
-        where[need_rows, need_cols] = torch.arange(need_rows.numel(), device=h.device)
-        last = self.norm(self.blocks[-1].forward_at(h, cond, need_rows, need_cols))
-        at = changeable.nonzero(as_tuple=True)
-        return g.index_put(at, last[where[at]]), last[where[rows, cols]]
+        at = need.nonzero(as_tuple=True)
+        relay = self.chain.relay_features(h)
+        if at[0].numel() == 0:
+            return relay, h.new_zeros(0, h.shape[-1])
+        head = relay.index_put(at, self.norm(self.blocks[-1].forward_at(h, cond, *at)))
+        return torch.where(changeable.unsqueeze(-1), head, relay), head[rows, cols]
 
     def _forward_at(self, x, t, dt, positions: torch.Tensor) -> torch.Tensor:
         rows, cols = _positions(x, positions)
