@@ -97,6 +97,12 @@ def main() -> None:
         "evaluated afresh, so new runs join a published study without re-drawing every row",
     )
     ap.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="write report.md without plots/ (and without links to them): for a study folder "
+        "under docs/, where plots are not committed",
+    )
+    ap.add_argument(
         "--summarise",
         metavar="RESULTS_JSON",
         help="only tabulate a results.json written by `tsdfm evaluate` (e.g. extra evaluators) "
@@ -205,10 +211,11 @@ def main() -> None:
     specs = args.evaluators or default_specs(run / "data", data.chain() is not None)
     evaluators = build_evaluators(specs, data)
     results = evaluate(
-        files, evaluators, run / "data", out_dir=out, config_name=cfg.name, verbose=False
-    )
+        files, evaluators, run / "data", out_dir=out, config_name=cfg.name, verbose=False,
+        plots=not args.no_plots,
+    )  # fmt: skip
     if kept:
-        results = _merge_rows(out, results, kept)
+        results = _merge_rows(out, results, kept, plots=not args.no_plots)
     _write_study(out, summarise(results, args.baseline))
 
 

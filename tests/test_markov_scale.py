@@ -57,9 +57,11 @@ def test_tiny_preset_trains_samples_packs_and_evaluates(tmp_path):
         (out / "samples" / f.name).write_bytes(f.read_bytes())
     cmd = [sys.executable, str(ROOT / "studies" / "student_study.py"), "--config",
            str(ROOT / "configs" / "markov.yaml"), "--run-dir", str(tmp_path / "run"),
-           "--eval-only", "--out", str(out), "flow.source=uniform", "data.markov.num_train=3000"]  # fmt: skip
+           "--eval-only", "--no-plots", "--out", str(out), "flow.source=uniform",
+           "data.markov.num_train=3000"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
+    assert not (out / "plots").exists() and "plots/" not in (out / "report.md").read_text()
     study = (out / "study.md").read_text()
     assert "| ar-k8 | 8 | 3 |" in study and "| blind T=0.85 | 8 | 3 |" in study
     # more arms beside the finished run: its data, teacher and compass are reused, not retrained
