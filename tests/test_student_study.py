@@ -208,3 +208,48 @@ def test_compass_per_arm_reaches_the_shaping_setup(load_script, tmp_path, monkey
         with pytest.raises(SystemExit):
             script.main()
         assert why in capsys.readouterr().err
+
+
+def test_no_plots_reaches_the_evaluation_and_the_merge(load_script, tmp_path, monkeypatch):
+    """``--eval-only --no-plots``: the evaluation and the ``--keep-rows`` merge write report.md
+    without plots (a study folder under docs/ commits no plots, so links to them would break);
+    without the flag both keep their plots."""
+    import json
+    import sys
+    import types
+
+    import tsdfm.data
+    import tsdfm.evaluation.harness
+    import tsdfm.evaluation.registry
+
+    script = load_script("student_study")
+    out = tmp_path / "out"
+    (out / "samples").mkdir(parents=True)
+    (out / "samples" / "student-a-s0_8.jsonl").write_text("")
+    published = {"config": "markov", "evaluators": ["truth"], "rows": [
+        {"method": "blind", "steps": 8, "label": "student-b-s0_8", "samples": None,
+         "samples_dropped": "samples/b.jsonl"}]}  # fmt: skip
+    seen = {}
+
+    def evaluate(files, evaluators, data_dir, **kw):
+        seen["evaluate"] = kw["plots"]
+        return {"config": "markov", "evaluators": ["truth"], "rows": []}
+
+    def merge(out_dir, results, kept, plots=True):
+        seen["merge"] = plots
+        return results
+
+    data = types.SimpleNamespace(chain=lambda: None)
+    monkeypatch.setattr(tsdfm.data, "load_prepared", lambda path: data)
+    monkeypatch.setattr(tsdfm.evaluation.registry, "build_evaluators", lambda specs, d: {})
+    monkeypatch.setattr(tsdfm.evaluation.registry, "default_specs", lambda path, exact: [])
+    monkeypatch.setattr(tsdfm.evaluation.harness, "evaluate", evaluate)
+    monkeypatch.setattr(script, "_merge_rows", merge)
+    monkeypatch.setattr(script, "summarise", lambda results, baseline: "")
+    monkeypatch.setattr(script, "_write_study", lambda out_dir, table: None)
+    base = ["x", "--config", "configs/markov.yaml", "--run-dir", str(tmp_path), "--out", str(out)]
+    for flags, want in (([], True), (["--no-plots"], False)):
+        (out / "results.json").write_text(json.dumps(published))
+        monkeypatch.setattr(sys, "argv", [*base, "--eval-only", "--keep-rows", *flags])
+        script.main()
+        assert seen == {"evaluate": want, "merge": want}
