@@ -32,33 +32,7 @@ TSDFM="${TSDFM:-$( [ -x .venv/bin/tsdfm ] && echo .venv/bin/tsdfm || echo tsdfm 
 CFG=configs/bench.yaml
 DATA="$ROOT/bench/data"
 
-minutes_left() {  # whole minutes until DEADLINE (a large number without one)
-  [ -z "$DEADLINE" ] && { echo 100000; return; }
-  echo $(( ( $(date -d "$DEADLINE" +%s) - $(date +%s) ) / 60 ))
-}
-if [ -n "$DEADLINE" ] && ! date -d "$DEADLINE" +%s >/dev/null 2>&1; then
-  echo "error: DEADLINE='$DEADLINE' is not a time date(1) understands (e.g. 07:15)" >&2; exit 2
-fi
-
-# stage NAME RUN_DIR COMMAND...: skipped when RUN_DIR/summary.json exists (a finished run),
-# resumed when RUN_DIR/checkpoints exists, stopped by SIGTERM at the deadline.
-stage() {
-  local name=$1 dir=$2; shift 2
-  if [ -f "$dir/summary.json" ]; then echo "== $name: done ($dir)"; return 0; fi
-  local resume=(); [ -d "$dir/checkpoints" ] && resume=(--resume)
-  local mins; mins=$(minutes_left)
-  if [ -n "$DRY_RUN" ]; then echo "== $name: would run: $* ${resume[*]}"; return 0; fi
-  if [ "$mins" -lt 3 ]; then echo "== $name: deadline reached before it started"; exit 3; fi
-  echo "== $name: ${resume[*]:-start} (until ${DEADLINE:-done})"
-  timeout -s TERM "${mins}m" "$@" "${resume[@]}"
-  local rc=$?
-  if [ -f "$dir/summary.json" ]; then return 0; fi
-  if [ "$rc" -eq 124 ] || [ "$rc" -eq 130 ]; then
-    echo "== $name: stopped at the deadline; its checkpoint resumes when this script runs again"
-    exit 3
-  fi
-  echo "== $name: failed (exit $rc)" >&2; exit "$rc"
-}
+. studies/stages.sh  # minutes_left, until_deadline, stage
 
 if [ -f "$DATA/manifest.json" ]; then
   echo "== data: done ($DATA)"
