@@ -22,7 +22,7 @@
 #   students     for each seed, each arm (blind, c010-k4, c025-k4, c100-k4; the bench student
 #                budget: 1,000 steps, batch 16, corrected target), sampled @ 8; and issue 31's
 #                chain student (CHAIN=8 codes by default, `changeable` features, Di4C data term)
-#   blind curve  the blind seed-0 student @ 8 at T = 0.95, 0.9, 0.85, 0.8
+#   blind curve  the blind student of the first seed @ 8 at T = 0.95, 0.9, 0.85, 0.8 (after that seed)
 #   follow-ups   with BEST=cNNN: BEST-k8, BEST-k4-from25, BEST-k4-from50 (t_start 0.25, 0.5)
 #   evaluate     ar-small, ar-large, SmolLM2-135M over every row (study.md), both equal-entropy
 #                tables, invented words, seconds per training step per arm (cost.md)
@@ -117,14 +117,16 @@ rows "teacher @ 8" --teacher-steps 8 --student-steps 8
 ARMS=(blind c010-k4 c025-k4 c100-k4)
 [ -n "$CHAIN" ] && ARMS+=("chain-k$CHAIN")
 [ -n "$BEST" ] && ARMS+=("$BEST-k8" "$BEST-k4-from25" "$BEST-k4-from50")
+CURVE_SEED=${SEEDS%% *}  # the blind student whose temperature curve places the others
 for seed in $SEEDS; do
   for arm in "${ARMS[@]}"; do
     # shellcheck disable=SC2046  # arm_spec's words are separate arguments
     rows "$arm seed $seed" --teacher-steps --student-steps 8 --seeds "$seed" $(arm_spec "$arm")
   done
+  # shellcheck disable=SC2046  # after the first seed, so that a first look can be evaluated early
+  [ "$seed" = "$CURVE_SEED" ] && rows "blind curve" --teacher-steps --student-steps 8 \
+    --seeds "$seed" --temperatures 0.95 0.9 0.85 0.8 $(arm_spec blind)
 done
-# shellcheck disable=SC2046
-rows "blind curve" --teacher-steps --student-steps 8 --seeds 0 --temperatures 0.95 0.9 0.85 0.8 $(arm_spec blind)
 
 # --- evaluation: every row under the three evaluators, the two equal-entropy tables, words, cost
 if [ -n "$DRY_RUN" ]; then echo "== evaluate: would score $OUT/samples with ${EVAL[*]}"; exit 0; fi
@@ -136,8 +138,8 @@ until_deadline "evaluate" "$PY" studies/student_study.py --config "$CFG" --run-d
   --out "$OUT" --eval-only --no-plots --evaluators "${EVAL[@]}"
 "$PY" studies/equal_entropy.py "$OUT/results.json" --reference 'teacher_1024' 'teacher-T*_1024' \
   --rows 'student-*_8' 'teacher_8' --out "$OUT/equal_entropy_teacher.md" || exit $?
-"$PY" studies/equal_entropy.py "$OUT/results.json" --reference 'student-blind-s0_8' \
-  'student-blind-s0-T*_8' --rows 'student-c*_8' 'teacher_1024' 'teacher-T*_1024' \
+"$PY" studies/equal_entropy.py "$OUT/results.json" --reference "student-blind-s${CURVE_SEED}_8" \
+  "student-blind-s${CURVE_SEED}-T*_8" --rows 'student-c*_8' 'teacher_1024' 'teacher-T*_1024' \
   --out "$OUT/equal_entropy_blind.md" || exit $?
 "$PY" studies/novel_words.py --data "$DATA" --samples "$OUT"/samples/*.jsonl* \
   --out "$OUT/novel_words.md" || exit $?

@@ -49,6 +49,7 @@ def test_plan_compass_sizes_then_seed_major_students(tmp_path):
     assert "--temperatures 1 0.9 0.85 0.8" in lines[names.index("teacher rows")]
     assert "--temperatures 0.95 0.9 0.85 0.8" in lines[names.index("blind curve")]
     assert names[-1] == "evaluate"
+    assert names.index("blind curve") == names.index("chain-k8 seed 0") + 1  # after seed 0
 
 
 def test_best_adds_k8_and_the_navigation_window_at_that_size(tmp_path):
