@@ -6,6 +6,7 @@
 #   DEADLINE=15:20 studies/compass_sweep.sh   # work until 15:20 (UTC, `date -d`), stop with exit 3
 #   DRY_RUN=1 studies/compass_sweep.sh        # print the plan and what is done, run nothing
 #   BEST=c025 studies/compass_sweep.sh        # then also K = 8 and the navigation window at BEST
+#   SEEDS="0" CHAIN= EXTRA="student.train.steps=200" ...   # fewer seeds, no chain arm, overrides
 #
 # Why these stages: a navigated student distils the teacher's trajectories tilted by the compass,
 # so it can gain only what the compass knows and the teacher does not; on CPU text a causal LM
@@ -37,6 +38,7 @@ DEADLINE="${DEADLINE:-}"
 SEEDS="${SEEDS:-0 1 2}"
 BEST="${BEST:-}"
 CHAIN="${CHAIN-8}"  # issue 31's text rows: a chain student with this many codes ("" for none)
+EXTRA="${EXTRA:-}"  # config overrides appended to every student_study call (space-separated)
 OUT="${OUT:-docs/results/bench-compass}"
 TSDFM="${TSDFM:-$( [ -x .venv/bin/tsdfm ] && echo .venv/bin/tsdfm || echo tsdfm )}"
 PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
@@ -110,7 +112,8 @@ rows() {  # NAME ARGS...: one student_study call (skips what exists)
   local name=$1; shift
   if [ -n "$DRY_RUN" ]; then echo "== $name: would run: student_study.py $*"; return 0; fi
   echo "== $name (until ${DEADLINE:-done})"
-  until_deadline "$name" "${STUDY[@]}" "$@" student.train.max_minutes=0
+  # shellcheck disable=SC2086  # EXTRA is a list of overrides
+  until_deadline "$name" "${STUDY[@]}" "$@" -- student.train.max_minutes=0 $EXTRA
 }
 rows "teacher rows" --teacher-steps 1024 --temperatures 1 0.9 0.85 0.8 --student-steps 8
 rows "teacher @ 8" --teacher-steps 8 --student-steps 8

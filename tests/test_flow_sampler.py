@@ -50,6 +50,29 @@ def test_cache_gives_identical_ids_and_fewer_calls(batch):
     assert not bool((cached.ids == vocab).any())
 
 
+@pytest.mark.parametrize("filters", [{"temperature": 0.7}, {"top_k": 3, "top_p": 0.9}])
+def test_cache_with_filters_gives_identical_ids_filtering_once_per_forward(filters, monkeypatch):
+    """The cache holds filtered logits: the same draws as filtering every step, but the
+    filter runs once per forward, not once per step over the whole ``[B, L, V]`` cache."""
+    import tsdfm.flow.sampler as sampler_module
+
+    vocab, length, steps = 9, 16, 256
+    x0 = torch.full((4, length), vocab)
+    plain = sample(ToyModel(vocab, length), x0, steps, SCHED, "mask", vocab, _gen(5), **filters)
+    unfiltered = sample(ToyModel(vocab, length), x0, steps, SCHED, "mask", vocab, _gen(5))
+    assert not torch.equal(plain.ids, unfiltered.ids)  # the filters act on these draws
+    calls = []
+    real = sampler_module.filter_logits
+    monkeypatch.setattr(
+        sampler_module, "filter_logits", lambda lg, *a: calls.append(lg.shape[0]) or real(lg, *a)
+    )
+    cached = sample(
+        ToyModel(vocab, length), x0, steps, SCHED, "mask", vocab, _gen(5), cache=True, **filters
+    )
+    assert torch.equal(plain.ids, cached.ids)
+    assert len(calls) == cached.nfe_actual + 1 < steps  # + the up-front validation call
+
+
 def test_cache_rejected_for_uniform_source():
     x0 = sample_source((2, 3), "uniform", 4, 4, _gen())
     with pytest.raises(TsdfmError, match="cache=True is only valid for the mask source"):

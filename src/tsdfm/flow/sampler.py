@@ -269,8 +269,12 @@ def sample(
                 logits = filter_logits(logits, top_k, top_p, temperature)
                 x = land(x, switch, logits, generator)
             else:
+                # the cache holds *filtered* logits: filtering acts on each position's row alone,
+                # so filtering once when a row is forwarded equals filtering the cache every step
+                # (a temperature row at 1,024 steps otherwise rescales [B, L, V] 1,024 times)
                 if not cache or cached is None:
                     logits = _forward(model_fn, x, t_vec, dt_vec, mask_id, generator, latent_codes)
+                    logits = filter_logits(logits, top_k, top_p, temperature)
                     nfe_actual += 1
                     rows_forwarded += batch
                     if cache:
@@ -283,10 +287,10 @@ def sample(
                         )
                         nfe_actual += 1
                         rows_forwarded += rows.numel()
-                        cached[rows] = sub.to(cached.dtype)
+                        sub = filter_logits(sub.to(cached.dtype), top_k, top_p, temperature)
+                        cached[rows] = sub
                         seen[rows] = x[rows]
                     logits = cached
-                logits = filter_logits(logits, top_k, top_p, temperature)
                 x = jump(
                     x, logits, t_k, h_k, scheduler, source, mask_id, generator, jump_rule, clamp
                 )
