@@ -45,7 +45,8 @@ PY="${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
 CFG=configs/bench.yaml
 DATA="$ROOT/bench/data"
 RUN="$ROOT/bench-longest"
-EVAL=(ar-small="$ROOT/bench/evaluator-small/model" ar-large="$ROOT/bench/evaluator-large/model" smollm2-135m)
+# the three evaluators (EVALUATORS="..." to choose others: SmolLM2 takes ~80 s per row on 2 cores)
+read -r -a EVAL <<< "${EVALUATORS:-ar-small=$ROOT/bench/evaluator-small/model ar-large=$ROOT/bench/evaluator-large/model smollm2-135m}"
 
 . studies/stages.sh  # minutes_left, until_deadline, stage
 
@@ -136,7 +137,7 @@ if [ -n "$DRY_RUN" ]; then echo "== evaluate: would score $OUT/samples with ${EV
 if [ -f "$OUT/cost.md" ] && [ -z "$(find "$OUT/samples" -newer "$OUT/cost.md" -print -quit)" ]; then
   echo "== evaluate: done ($OUT/study.md; no samples newer than $OUT/cost.md)"; exit 0
 fi
-"$TSDFM" evaluators fetch smollm2 || exit $?
+if [[ " ${EVAL[*]} " == *" smollm2-135m "* ]]; then "$TSDFM" evaluators fetch smollm2 || exit $?; fi
 until_deadline "evaluate" "$PY" studies/student_study.py --config "$CFG" --run-dir "$RUN" \
   --out "$OUT" --eval-only --no-plots --evaluators "${EVAL[@]}"
 "$PY" studies/equal_entropy.py "$OUT/results.json" --reference 'teacher_1024' 'teacher-T*_1024' \

@@ -40,3 +40,12 @@ stage() {
   echo "== $name: ${resume[*]:-start} (until ${DEADLINE:-done})"
   until_deadline "$name" "$@" "${resume[@]}"
 }
+
+# The CPU a stage runs on, for the log: float32 matrix products are not bit-identical across
+# CPU families (session 50: the bench teacher replayed on an AMD EPYC host left the published
+# run's trajectory, 5.648 against 5.569 validation CE at step 3,965, while every resume on one
+# host was exact), so a replay is exact only on the kind of host that made the original.
+if [ -z "${STAGES_HOST_SHOWN:-}" ]; then  # once per driver, not again in the rebuild it calls
+  echo "== host: $(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1), $(nproc) cores, $(date -u +%FT%TZ)"
+  export STAGES_HOST_SHOWN=1
+fi

@@ -21,6 +21,7 @@ def test_dry_run_skips_finished_stages_and_resumes_interrupted_ones(tmp_path):
     out = run(tmp_path, DRY_RUN="1")
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith("== ")]
+    assert lines.pop(0).startswith("== host: ")  # the CPU, for the log
     assert lines[0] == f"== data: done ({tmp_path}/bench/data)"
     assert lines[1] == f"== bench teacher: done ({tmp_path}/bench/teacher)"
     long, longer = lines[2], lines[3]

@@ -111,6 +111,19 @@ def test_stop_at_step_replays_a_capped_run(tmp_path):
         TrainConfig(stop_at_step=-1).validate("teacher.train")
 
 
+def test_a_stop_at_an_eval_step_logs_that_validation_once(tmp_path):
+    """stop_at_step on the eval cadence: one eval.csv row for the step (it was logged twice),
+    the same value as the uncut run's at that step, and the run ships that validation."""
+    make_trainer(tmp_path / "a").fit()
+    cut = make_trainer(tmp_path / "b", stop_at_step=10).fit()
+    with open(tmp_path / "b" / "eval.csv") as f:
+        rows = [(int(r["step"]), float(r["val_loss"])) for r in csv.DictReader(f)]
+    with open(tmp_path / "a" / "eval.csv") as f:
+        uncut = [(int(r["step"]), float(r["val_loss"])) for r in csv.DictReader(f)]
+    assert rows == uncut[:1] and rows[0][0] == 10
+    assert cut.val_losses["ema"] == pytest.approx(rows[0][1], abs=1e-6)
+
+
 def test_sigterm_saves_and_resumes(tmp_path):
     ref_tr = make_trainer(tmp_path / "a")
     ref_tr.fit()

@@ -533,7 +533,7 @@ class Trainer:
         self._restore(resume)
         self.net.train()
         self.consecutive_bad = 0
-        val_loss, interrupted = None, False
+        val_loss, interrupted, evaluated_at = None, False, None
         # A run resumed at or past its stop step takes no further step (it is already done).
         cfg = self.cfg
         last = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step > 0 else cfg.steps
@@ -542,12 +542,13 @@ class Trainer:
                 loss, metrics, grad_norm = self._train_step()
                 log.train_row(loss, metrics, grad_norm)
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                    val_loss = self._evaluate(log)
+                    val_loss, evaluated_at = self._evaluate(log), self.step
                 log.advance()
                 self._checkpoint_if_due()
                 reason = self._stop_reason(stop)
                 if reason is not None:
-                    val_loss, interrupted = self._stop_early(*reason, log, val_loss)
+                    fresh = val_loss if evaluated_at == self.step else None
+                    val_loss, interrupted = self._stop_early(*reason, log, val_loss, fresh)
                     break
         return self._result(val_loss, interrupted, log.tokens_per_step)
 
@@ -676,16 +677,19 @@ class Trainer:
         return None
 
     def _stop_early(
-        self, kind: str, why: str, log: TrainLog, val_loss: float | None
+        self, kind: str, why: str, log: TrainLog, val_loss: float | None, fresh: float | None
     ) -> tuple[float | None, bool]:
         """Checkpoint and report an early end; returns (val_loss, interrupted).
 
         A budget stop is a finished run (validated, shipped); a signal stop is an interruption
-        that ``--resume`` continues.
+        that ``--resume`` continues. ``fresh``: the validation loss of this very step when the
+        eval cadence just computed it (then it is neither recomputed nor logged twice).
         """
         if kind == "budget":
-            val_loss = self.validate()
-            log.csv_row("eval.csv", {"step": self.step, "val_loss": round(val_loss, 6)})
+            val_loss = fresh
+            if val_loss is None:
+                val_loss = self.validate()
+                log.csv_row("eval.csv", {"step": self.step, "val_loss": round(val_loss, 6)})
             self.save_checkpoint()
             log.write(
                 f"[{self.stage}] {why} at step {self.step}/{self.cfg.steps}; "
