@@ -4,8 +4,10 @@
 # Why: issues 31 and 36 need the bench-longer teacher (22,965 steps on wiki-summaries, the
 # project's best CPU text teacher, docs/results/bench-longer/) and the two in-domain evaluators,
 # and `runs/` is not in git. On 2 CPU cores the chain takes about 4 hours, longer than one working
-# session, so every stage is replayed exactly as published and stopped by SIGTERM at DEADLINE:
-# its checkpoint resumes bit-exactly when the script runs again (finished stages are skipped).
+# session, so every stage is replayed with its published recipe and stopped by SIGTERM at
+# DEADLINE: its checkpoint resumes bit-exactly when the script runs again (finished stages are
+# skipped). The replay equals the published run only on the CPU family that made it (the host is
+# logged; on AMD EPYC the bench teacher ended 0.08 nats off, docs/results/bench/README.md).
 #
 #   DEADLINE=07:15 studies/rebuild_bench_longer.sh     # work until 07:15 (UTC, `date -d`), then stop
 #   DRY_RUN=1 studies/rebuild_bench_longer.sh          # print what would run, run nothing
