@@ -58,7 +58,7 @@ if [ -n "$CHAIN" ] && ! [[ $CHAIN =~ ^[1-9][0-9]*$ ]]; then
   echo "error: CHAIN='$CHAIN' is not a number of codes (e.g. 8), or empty for no chain arm" >&2; exit 2
 fi
 
-# --- the teacher and the evaluators, as published; then the extended teacher
+# --- the teacher and the evaluators (their published recipes); then the extended teacher
 if [ -n "$DRY_RUN" ]; then
   DRY_RUN=1 ROOT="$ROOT" bash studies/rebuild_bench_longer.sh | grep -v "dry run"
 else
