@@ -81,7 +81,7 @@ print(f"validation loss (EMA) {then[1]:.4f} at step {then[0]} -> {last[1]:.4f} a
       f"{100 * fall:.2f}% over {last[0] - then[0]:,} steps "
       f"({'under' if fall < 0.01 else 'NOT under'} the issue's 1% per 5,000 steps)")
 EOF
-  [ -f "$OUT/split_gap.md" ] || "$PY" studies/split_gap.py --data "$DATA" --out "$OUT/split_gap.md" \
+  [ -f "$OUT/split_gap.md" ] || "$PY" studies/split_gap.py --data "$DATA" --passes 8 --out "$OUT/split_gap.md" \
     --model bench-longer="$ROOT/bench-longer/teacher" bench-longest="$RUN/teacher"
 fi
 

@@ -35,13 +35,20 @@ def test_valid_column_reproduces_the_runs_validation_and_train_differs(tmp_path,
     args = ["train", "teacher", "--config", str(cfg), "--data", str(data), "--out", str(run)]
     assert main([*args, "--no-progress"]) == 0
     shipped = json.loads((run / "summary.json").read_text())["final_val_loss"]
-    gap = load_script("split_gap")
-    text = gap.main(["--data", str(data), "--model", f"t={run}", "--out", str(tmp_path / "g.md")])
+    gap_mod = load_script("split_gap")
+    text = gap_mod.main(
+        ["--data", str(data), "--model", f"t={run}", "--out", str(tmp_path / "g.md")]
+    )
     row = text.splitlines()[2].split("|")
-    train, valid = float(row[2]), float(row[3])
-    assert valid == pytest.approx(shipped, abs=1e-4)  # same weights, batches and noise
-    assert abs(train - valid) > 1e-4  # the training split is really a different set of blocks
-    assert row[5].strip() == "24"  # 3 batches of 8 blocks per split
+    (train, n_train), (valid, n_valid) = (cell.split() for cell in row[2:4])
+    assert float(valid) == pytest.approx(shipped, abs=1e-4)  # same weights, batches and noise
+    assert abs(float(train) - float(valid)) > 1e-4  # the training split: other blocks
+    assert n_train == n_valid == "(24)"  # 3 batches of 8 blocks per split
+    gap, se = row[4].split("±")
+    assert float(gap) == pytest.approx(float(train) - float(valid), abs=2e-4) and float(se) > 0
+    more = gap_mod.main(["--data", str(data), "--model", f"t={run}", "--passes", "4"])
+    row = more.splitlines()[2].split("|")
+    assert row[2].split()[1] == row[3].split()[1] == "(96)"  # 4 passes of 24 blocks each
     assert (tmp_path / "g.md").read_text().startswith("| model |")
 
 
