@@ -39,10 +39,8 @@ from tsdfm.distributed import make_generator
 from tsdfm.errors import TsdfmError
 from tsdfm.generator import resolve_model_dir
 from tsdfm.models import Denoiser, load_pretrained
-from tsdfm.training.loop import BatchStream
+from tsdfm.training.loop import VALIDATION_SEED_OFFSET, BatchStream
 from tsdfm.training.objectives import DenoisingObjective
-
-VALIDATE_SEED_OFFSET = 1_000_003  # Trainer.validate's noise seed: cfg.seed + this
 
 
 @torch.no_grad()
@@ -63,7 +61,7 @@ def split_loss(
         c.source, c.scheduler, c.exponent, c.mask_id, c.num_classes, loss
     )
     stream = BatchStream(split, batch_size, 0)
-    gen = make_generator(seed + VALIDATE_SEED_OFFSET)
+    gen = make_generator(seed + VALIDATION_SEED_OFFSET)
     n = min(batches, max(1, -(-len(split) // batch_size))) * passes
     model.eval()
     return np.array([float(objective(model, stream.batch(i), gen)[0]) for i in range(n)])

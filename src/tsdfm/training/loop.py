@@ -48,6 +48,10 @@ from tsdfm.training.checkpoint import CheckpointManager
 from tsdfm.training.logs import TrainLog, remove_logs, truncate_logs
 from tsdfm.training.objectives import Objective
 
+# Validation noise comes from its own generator, seeded cfg.seed + this: the same batches and
+# noise at every evaluation, apart from the training stream (studies/split_gap.py reuses it).
+VALIDATION_SEED_OFFSET = 1_000_003
+
 
 class BatchStream:
     """Deterministic batches: epoch e is a permutation drawn from ``seed + e``; step s takes the
@@ -479,7 +483,7 @@ class Trainer:
         model = model if model is not None else self.ema.module
         was = model.training
         model.eval()
-        base = self.cfg.seed + 1_000_003
+        base = self.cfg.seed + VALIDATION_SEED_OFFSET
         stream = BatchStream(self.valid, self.cfg.batch_size, 0)
         n_batches = min(
             self.cfg.eval_batches, max(1, math.ceil(len(self.valid) / self.cfg.batch_size))
