@@ -26,7 +26,9 @@
 #   blind curve  the blind student of the first seed @ 8 at T = 0.95, 0.9, 0.85, 0.8 (after that seed)
 #   follow-ups   with BEST=cNNN: BEST-k8, BEST-k4-from25, BEST-k4-from50 (t_start 0.25, 0.5)
 #   evaluate     ar-small, ar-large, SmolLM2-135M over every row (study.md), both equal-entropy
-#                tables, invented words, seconds per training step per arm (cost.md)
+#                tables with a verdict per arm over its seeds, invented words, how the compasses'
+#                ranking of samples agrees with the evaluators' (agreement.md), seconds per
+#                training step per arm (cost.md)
 # Exit status: 0 when everything asked for is done, 3 when the deadline stopped a stage, 2 on bad
 # input, otherwise the failing stage's.
 set -uo pipefail
@@ -141,12 +143,17 @@ if [[ " ${EVAL[*]} " == *" smollm2-135m "* ]]; then "$TSDFM" evaluators fetch sm
 until_deadline "evaluate" "$PY" studies/student_study.py --config "$CFG" --run-dir "$RUN" \
   --out "$OUT" --eval-only --no-plots --evaluators "${EVAL[@]}"
 "$PY" studies/equal_entropy.py "$OUT/results.json" --reference 'teacher_1024' 'teacher-T*_1024' \
-  --rows 'student-*_8' 'teacher_8' --out "$OUT/equal_entropy_teacher.md" || exit $?
+  --rows 'student-*_8' 'teacher_8' --by-arm --out "$OUT/equal_entropy_teacher.md" || exit $?
 "$PY" studies/equal_entropy.py "$OUT/results.json" --reference "student-blind-s${CURVE_SEED}_8" \
   "student-blind-s${CURVE_SEED}-T*_8" --rows 'student-c*_8' 'teacher_1024' 'teacher-T*_1024' \
-  --out "$OUT/equal_entropy_blind.md" || exit $?
+  --by-arm --out "$OUT/equal_entropy_blind.md" || exit $?
 "$PY" studies/novel_words.py --data "$DATA" --samples "$OUT"/samples/*.jsonl* \
   --out "$OUT/novel_words.md" || exit $?
+# do the compasses rank samples as the evaluators do? (the first seed's rows and the teacher's)
+"$PY" studies/scorer_agreement.py --data "$DATA" --out "$OUT/agreement.md" \
+  --samples "$OUT"/samples/teacher_1024.jsonl* "$OUT"/samples/student-*-s"${CURVE_SEED}"_8.jsonl* \
+  --scorers c010="$RUN/compass-c010" c025="$RUN/compass-c025" c100="$RUN/compass-c100" "${EVAL[@]}" \
+  || exit $?
 "$PY" - "$RUN" <<'EOF' | tee "$OUT/cost.md"
 import json, pathlib, re, statistics, sys
 arms = {}
@@ -157,5 +164,5 @@ blind = statistics.median(arms.get("student-blind", [float("nan")]))
 for arm, v in arms.items():
     print(f"| {arm} | {statistics.median(v):.2f} | {statistics.median(v) / blind:.2f}x | {len(v)} |")
 EOF
-echo "== every stage done: $OUT/study.md, equal_entropy_{teacher,blind}.md, novel_words.md, cost.md"
+echo "== every stage done: $OUT/study.md, equal_entropy_{teacher,blind}.md, novel_words.md, agreement.md, cost.md"
 [ -n "$BEST" ] || echo "== next: BEST=<c010|c025|c100> studies/compass_sweep.sh adds K = 8 and the navigation window"

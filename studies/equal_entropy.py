@@ -23,10 +23,11 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import statistics
 import sys
 from pathlib import Path
 
-from studylib.frontier import equal_entropy_gaps
+from studylib.frontier import arm_verdicts, equal_entropy_gaps
 
 
 def _load(paths: list[Path]) -> tuple[dict[str, dict], list[str]]:
@@ -74,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", nargs="+", required=True, help="label globs of the curve")
     ap.add_argument("--rows", nargs="+", required=True, help="label globs of the rows to place")
     ap.add_argument("--out", type=Path, help="also write the table here (markdown)")
+    ap.add_argument(
+        "--by-arm",
+        action="store_true",
+        help="add a table of arms (rows grouped over their -sN seeds): each evaluator's median "
+        "gap, its range over the seeds and whether every seed lies below / above the curve",
+    )
     args = ap.parse_args(argv)
 
     rows, evaluators = _load(args.results)
@@ -94,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         "| row | entropy | " + " | ".join(f"{e}: row / reference / gap" for e in evaluators) + " |",
         "|---|---|" + "---|" * len(evaluators),
     ]
-    for g in equal_entropy_gaps(reference, targets, evaluators):
+    gaps = equal_entropy_gaps(reference, targets, evaluators)
+    for g in gaps:
         cells = []
         for e in evaluators:
             v = g["evaluators"].get(e)
@@ -103,12 +111,67 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 cells.append(f"{v['gen_ppl']:,.0f} / {v['reference']:,.0f} / {v['gap']:+.1%}")
         lines.append(f"| {g['label']} | {g['entropy']:.3f} | " + " | ".join(cells) + " |")
+    if args.by_arm:
+        lines += ["", *_arm_table(gaps, evaluators)]
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
     return 0
+
+
+_OFF = {-1: "dominates", 1: "dominated", 0: "unplaced"}  # a seed off the curve's entropy range
+
+
+def _arm_table(gaps: list[dict], evaluators: list[str]) -> list[str]:
+    """Per arm and evaluator: median gap (min..max over seeds) and the verdict. A seed off the
+    curve's entropy range has no gap; it counts for the verdict only where it dominates or is
+    dominated (studylib.frontier.side_of_curve)."""
+    lines = [
+        "Per arm over its seeds: median gap (min..max); below / above = every seed better / "
+        "worse than the reference at equal entropy (beyond the seed spread), mixed = the seeds "
+        "disagree, not placed = a seed off the curve's entropy range that neither dominates "
+        "(more entropy and lower gen-PPL than its most diverse point) nor is dominated.",
+        "",
+        "| arm | seeds | entropy | " + " | ".join(evaluators) + " |",
+        "|---|---|---|" + "---|" * len(evaluators),
+    ]
+    verdicts = arm_verdicts(gaps, evaluators)
+    for a in verdicts:
+        cells = []
+        for e in evaluators:
+            v = a["evaluators"].get(e)
+            if v is None:
+                cells.append("–")
+                continue
+            placed = [g for g in v["gaps"] if g is not None]
+            off = [_OFF[s] for g, s in zip(v["gaps"], v["sides"], strict=True) if g is None]
+            parts = []
+            if placed:
+                parts.append(
+                    f"{statistics.median(placed):+.1%} ({min(placed):+.1%}..{max(placed):+.1%})"
+                )
+            if off:
+                parts.append(
+                    "off the curve: "
+                    + ", ".join(f"{off.count(w)} {w}" for w in _OFF.values() if w in off)
+                )
+            cells.append(", ".join(parts) + f" · {v['verdict']}")
+        h = a["entropy"]
+        lines.append(
+            f"| {a['arm']} | {a['seeds']} | {min(h):.3f}..{max(h):.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    winners = [a["arm"] for a in verdicts if a["below_all"]]
+    lines += [
+        "",
+        "Below the reference under every evaluator, in every seed: "
+        + (", ".join(winners) if winners else "none")
+        + ".",
+    ]
+    return lines
 
 
 if __name__ == "__main__":
