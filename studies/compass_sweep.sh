@@ -28,7 +28,7 @@
 #   evaluate     ar-small, ar-large, SmolLM2-135M over every row (study.md), both equal-entropy
 #                tables with a verdict per arm over its seeds, invented words, how the compasses'
 #                ranking of samples agrees with the evaluators' (agreement.md), seconds per
-#                training step per arm (cost.md)
+#                training step, energy gap per arm and each compass's own CE (cost.md)
 # Exit status: 0 when everything asked for is done, 3 when the deadline stopped a stage, 2 on bad
 # input, otherwise the failing stage's.
 set -uo pipefail
@@ -154,15 +154,6 @@ until_deadline "evaluate" "$PY" studies/student_study.py --config "$CFG" --run-d
   --samples "$OUT"/samples/teacher_1024.jsonl* "$OUT"/samples/student-*-s"${CURVE_SEED}"_8.jsonl* \
   --scorers c010="$RUN/compass-c010" c025="$RUN/compass-c025" c100="$RUN/compass-c100" "${EVAL[@]}" \
   || exit $?
-"$PY" - "$RUN" <<'EOF' | tee "$OUT/cost.md"
-import json, pathlib, re, statistics, sys
-arms = {}
-for s in sorted(pathlib.Path(sys.argv[1]).glob("student-*-s*/summary.json")):
-    arms.setdefault(re.sub(r"-s\d+$", "", s.parent.name), []).append(json.loads(s.read_text())["sec_per_step"])
-print("| arm | seconds per training step (median over seeds) | vs blind | seeds |\n|---|---|---|---|")
-blind = statistics.median(arms.get("student-blind", [float("nan")]))
-for arm, v in arms.items():
-    print(f"| {arm} | {statistics.median(v):.2f} | {statistics.median(v) / blind:.2f}x | {len(v)} |")
-EOF
+"$PY" studies/arm_cost.py "$RUN" --out "$OUT/cost.md" || exit $?
 echo "== every stage done: $OUT/study.md, equal_entropy_{teacher,blind}.md, novel_words.md, agreement.md, cost.md"
 [ -n "$BEST" ] || echo "== next: BEST=<c010|c025|c100> studies/compass_sweep.sh adds K = 8 and the navigation window"
