@@ -14,8 +14,9 @@
 # skipped once done and resumes exactly when the deadline interrupted it (studies/stages.sh).
 #   rebuild      studies/rebuild_bench_longer.sh: the bench-longer teacher and the evaluators
 #   teacher      bench-longest: +10,000 steps from bench-longer, lr 3e-4 cosine to 3e-5, bf16
-#                (~90 min); then its validation fall over the last 5,000 steps (the issue: extend
-#                until it falls by less than 1% per 5,000 steps) and the train/valid gap
+#                (~2 h); then its curve across all four stages with the fall over the last
+#                5,000 steps (the issue: extend until it falls by less than 1% per 5,000 steps,
+#                teacher_curve.md) and the train/valid gap
 #   compasses    causal LMs of ~0.1x / 0.25x / 1x the teacher's 5.25M parameters (c010, c025,
 #                c100), the AR baseline's recipe (1,000 steps, batch 32, lr 2e-3, 100 warm-up),
 #                seed 7, training split only: none is, or shares weights with, an evaluator
@@ -74,15 +75,8 @@ stage "bench-longest teacher" "$RUN/teacher" \
   teacher.train.max_minutes=0
 if [ -z "$DRY_RUN" ]; then
   mkdir -p "$OUT" && ln -sfn "$(realpath "$DATA")" "$RUN/data"
-  "$PY" - "$RUN/teacher/eval.csv" <<'EOF' | tee "$OUT/teacher_plateau.md"
-import csv, sys
-rows = [(int(r["step"]), float(r["val_loss"])) for r in csv.DictReader(open(sys.argv[1]))]
-last, then = rows[-1], next(r for r in rows if r[0] >= rows[-1][0] - 5000)
-fall = (then[1] - last[1]) / then[1]
-print(f"validation loss (EMA) {then[1]:.4f} at step {then[0]} -> {last[1]:.4f} at step {last[0]}: "
-      f"{100 * fall:.2f}% over {last[0] - then[0]:,} steps "
-      f"({'under' if fall < 0.01 else 'NOT under'} the issue's 1% per 5,000 steps)")
-EOF
+  "$PY" studies/teacher_curve.py "$ROOT"/bench{,-long,-longer}/teacher "$RUN/teacher" \
+    --out "$OUT/teacher_curve.md" || exit $?
   [ -f "$OUT/split_gap.md" ] || "$PY" studies/split_gap.py --data "$DATA" --passes 8 --out "$OUT/split_gap.md" \
     --model bench-longer="$ROOT/bench-longer/teacher" bench-longest="$RUN/teacher"
 fi
