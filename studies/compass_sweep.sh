@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 36: can a stronger energy compass make the shaped 8-step student beat its 1,024-step
 # teacher at equal entropy? The compass-strength sweep on the project's best CPU text teacher,
-# stage by stage across working sessions (20-35 hours on 2 cores in all, host-dependent).
+# stage by stage across working sessions (about 25 hours on 2 cores in all, host-dependent).
 #
 #   DEADLINE=15:20 studies/compass_sweep.sh   # work until 15:20 (UTC, `date -d`), stop with exit 3
 #   DRY_RUN=1 studies/compass_sweep.sh        # print the plan and what is done, run nothing
