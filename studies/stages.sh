@@ -35,9 +35,11 @@ until_deadline() {
 stage() {
   local name=$1 dir=$2; shift 2
   if [ -f "$dir/summary.json" ]; then echo "== $name: done ($dir)"; return 0; fi
-  local resume=(); [ -d "$dir/checkpoints" ] && resume=(--resume)
-  if [ -n "$DRY_RUN" ]; then echo "== $name: would run: $* ${resume[*]}"; return 0; fi
-  echo "== $name: ${resume[*]:-start} (until ${DEADLINE:-done})"
+  local resume=() from=""; [ -d "$dir/checkpoints" ] && resume=(--resume)
+  [ -f "$dir/checkpoints/latest.json" ] && \
+    from=" (from its step $(sed -n 's/^ *"step": *\([0-9]*\).*/\1/p' "$dir/checkpoints/latest.json"))"
+  if [ -n "$DRY_RUN" ]; then echo "== $name: would run: $* ${resume[*]}$from"; return 0; fi
+  echo "== $name: ${resume[*]:-start}$from (until ${DEADLINE:-done})"
   until_deadline "$name" "$@" "${resume[@]}"
 }
 

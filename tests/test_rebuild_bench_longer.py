@@ -1,5 +1,6 @@
 """studies/rebuild_bench_longer.sh: which stages it runs, skips and resumes (dry run, no training)."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -18,6 +19,10 @@ def test_dry_run_skips_finished_stages_and_resumes_interrupted_ones(tmp_path):
     (tmp_path / "bench" / "teacher").mkdir()
     (tmp_path / "bench" / "teacher" / "summary.json").write_text("{}")
     (tmp_path / "bench-long" / "teacher" / "checkpoints").mkdir(parents=True)
+    latest = {"file": "step_0004500.pt", "step": 4500, "sha256": "0" * 64}
+    (tmp_path / "bench-long" / "teacher" / "checkpoints" / "latest.json").write_text(
+        json.dumps(latest, indent=2)
+    )
     out = run(tmp_path, DRY_RUN="1")
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith("== ")]
@@ -27,7 +32,7 @@ def test_dry_run_skips_finished_stages_and_resumes_interrupted_ones(tmp_path):
     long, longer = lines[2], lines[3]
     assert long.startswith(
         "== bench-long teacher: would run: tsdfm train teacher"
-    ) and long.endswith("--resume")
+    ) and long.endswith("--resume (from its step 4500)")
     assert f"teacher.init_from={tmp_path}/bench/teacher/model" in long
     assert "teacher.train.steps=10000" in long and "teacher.train.max_minutes=0" in long
     assert f"teacher.init_from={tmp_path}/bench-long/teacher/model" in longer
