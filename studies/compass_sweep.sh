@@ -144,10 +144,9 @@ until_deadline "evaluate" "$PY" studies/student_study.py --config "$CFG" --run-d
 "$PY" studies/novel_words.py --data "$DATA" --samples "$OUT"/samples/*.jsonl* \
   --out "$OUT/novel_words.md" || exit $?
 # do the compasses rank samples as the evaluators do? (the first seed's rows and the teacher's)
-"$PY" studies/scorer_agreement.py --data "$DATA" --out "$OUT/agreement.md" \
+until_deadline "agreement" "$PY" studies/scorer_agreement.py --data "$DATA" --out "$OUT/agreement.md" \
   --samples "$OUT"/samples/teacher_1024.jsonl* "$OUT"/samples/student-*-s"${CURVE_SEED}"_8.jsonl* \
-  --scorers c010="$RUN/compass-c010" c025="$RUN/compass-c025" c100="$RUN/compass-c100" "${EVAL[@]}" \
-  || exit $?
+  --scorers c010="$RUN/compass-c010" c025="$RUN/compass-c025" c100="$RUN/compass-c100" "${EVAL[@]}"
 "$PY" studies/arm_cost.py "$RUN" --out "$OUT/cost.md" || exit $?
 echo "== every stage done: $OUT/study.md, equal_entropy_{teacher,blind}.md, novel_words.md, agreement.md, cost.md"
 [ -n "$BEST" ] || echo "== next: BEST=<c010|c025|c100> studies/compass_sweep.sh adds K = 8 and the navigation window"
