@@ -30,8 +30,12 @@ PLATEAU = 0.01  # the issue's threshold: a fall under 1% per WINDOW steps
 def read_stage(run: Path) -> tuple[list[tuple[int, float]], int]:
     """The stage's logged ``(step, val_loss)`` points and its last step; a finished stage that
     logged no validation (``eval_every`` beyond its steps) has no points, only its steps."""
-    if not (run / "eval.csv").exists() and (run / "summary.json").is_file():
-        return [], int(json.loads((run / "summary.json").read_text()).get("steps", 0))
+    try:  # a finished stage says how many steps it ran; an unfinished one, its last logged point
+        steps = int(json.loads((run / "summary.json").read_text())["steps"])
+    except (OSError, KeyError, ValueError):
+        steps = None
+    if steps is not None and not (run / "eval.csv").exists():
+        return [], steps
     try:
         with (run / "eval.csv").open() as f:
             points = [(int(r["step"]), float(r["val_loss"])) for r in csv.DictReader(f)]
@@ -39,10 +43,8 @@ def read_stage(run: Path) -> tuple[list[tuple[int, float]], int]:
         raise SystemExit(f"error: {run}/eval.csv: not a training run's validation log ({e})") from e
     if not points:
         raise SystemExit(f"error: {run}/eval.csv has no validation point yet")
-    try:
-        steps = int(json.loads((run / "summary.json").read_text())["steps"])
-    except (OSError, KeyError, ValueError):
-        steps = points[-1][0]  # unfinished stage: its last logged point
+    if steps is None:
+        steps = points[-1][0]
     return points, steps
 
 
