@@ -10,8 +10,8 @@ points into first. Every ``results.json`` whose rows name a converted file is re
 the ``.gz``. Metrics are not recomputed. Every reader (``tsdfm evaluate --samples``, the
 reports, the study drivers) reads both forms, so nothing else changes.
 
-``--drop GLOB`` (matched against the name without ``.jsonl``) removes samples files no claim
-cites, with their ``.meta.json``. A row whose file is dropped, or was never committed, keeps its
+``--drop GLOB`` (matched against the name without ``.jsonl`` / ``.jsonl.gz``) removes samples
+files no claim cites, with their ``.meta.json``, whether raw or compacted in an earlier run. A row whose file is dropped, or was never committed, keeps its
 metrics in ``results.json``; its ``samples`` becomes null and ``samples_dropped`` names the file,
 which the folder's README command regenerates.
 """
@@ -111,7 +111,9 @@ def compact(folder: Path, drop: list[str]) -> tuple[int, int]:
             raise SystemExit(
                 f"error: {link} links to {final}, not compacted yet: convert its folder first"
             )
-    for path in (p for p in paths if _dropped(p, drop)):
+    # A folder compacted earlier holds .jsonl.gz files: --drop removes those as well.
+    done = sorted(folder.rglob("*.jsonl.gz"))
+    for path in (p for p in paths + done if _dropped(p, drop)):
         _remove(path)
         dropped += 1
     links = [p for p in paths if p.is_symlink() and not _dropped(p, drop)]

@@ -3,7 +3,7 @@
 # teacher at equal entropy? The compass-strength sweep on the project's best CPU text teacher,
 # stage by stage across working sessions (about 25 hours on 2 cores in all, host-dependent).
 #
-#   DEADLINE=15:20 studies/compass_sweep.sh   # work until 15:20 (UTC, `date -d`), stop with exit 3
+#   DEADLINE=15:20 studies/compass_sweep.sh   # work until 15:20 (UTC, `date -d`; tomorrow if past), stop with exit 3
 #   DRY_RUN=1 studies/compass_sweep.sh        # print the plan and what is done, run nothing
 #   BEST=c025 studies/compass_sweep.sh        # then also K = 8 and the navigation window at BEST
 #   SEEDS="0" CHAIN= EXTRA="student.train.steps=200" ...   # fewer seeds, no chain arm, overrides

@@ -72,3 +72,19 @@ def test_bad_settings_are_refused_before_anything_starts(tmp_path):
     out = run(tmp_path, DEADLINE="teatime")
     assert out.returncode == 2 and "DEADLINE='teatime'" in out.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_a_clock_time_already_past_means_tomorrow():
+    """A session crossing midnight: DEADLINE=02:15 given at 23:48 counts down to tomorrow's
+    02:15, not to a time already gone (which would stop every stage before it starts)."""
+    earlier = subprocess.run(
+        ["date", "-d", "5 minutes ago", "+%H:%M"], capture_output=True, text=True
+    ).stdout.strip()
+    stages = SCRIPT.parent / "stages.sh"
+    out = subprocess.run(
+        ["bash", "-c", f'DEADLINE={earlier}; source "{stages}"; minutes_left'],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert 1400 < int(out.stdout.split()[-1]) <= 1440  # about a day away, either side of midnight

@@ -91,3 +91,16 @@ def test_compact_samples_relinks_shared_rows_and_refuses_an_unconverted_target(
     ]
     assert rows[2]["samples"] is None and "samples/gone_8.jsonl" in rows[2]["samples_dropped"]
     assert read_samples(tmp_path / "b" / rows[1]["samples"])[1] == ["x"]
+
+
+def test_compact_samples_drops_files_compacted_earlier(tmp_path, load_script):
+    """A published folder's .jsonl.gz rows can be dropped later to make room: the file and its
+    meta go, the metrics stay, the row names the file its README regenerates."""
+    _fake_run(tmp_path / "run")
+    script = load_script("compact_samples")
+    assert script.compact(tmp_path / "run", drop=[]) == (1, 0)
+    assert script.compact(tmp_path / "run", drop=["teacher_*"]) == (0, 1)
+    assert list((tmp_path / "run" / "samples").iterdir()) == []
+    row = json.loads((tmp_path / "run" / "report" / "results.json").read_text())["rows"][1]
+    assert row["samples"] is None and row["gen_ppl"] == {"x": 2.0}
+    assert "samples/teacher_8.jsonl:" in row["samples_dropped"]
