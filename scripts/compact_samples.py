@@ -11,9 +11,10 @@ the ``.gz``. Metrics are not recomputed. Every reader (``tsdfm evaluate --sample
 reports, the study drivers) reads both forms, so nothing else changes.
 
 ``--drop GLOB`` (matched against the name without ``.jsonl`` / ``.jsonl.gz``) removes samples
-files no claim cites, with their ``.meta.json``, whether raw or compacted in an earlier run. A row whose file is dropped, or was never committed, keeps its
-metrics in ``results.json``; its ``samples`` becomes null and ``samples_dropped`` names the file,
-which the folder's README command regenerates.
+files no claim cites, with their ``.meta.json``, whether raw or compacted in an earlier run. A
+row whose file is dropped, or was never committed, keeps its metrics in ``results.json``; its
+``samples`` becomes null and ``samples_dropped`` names the file, which the folder's README
+command regenerates.
 """
 
 from __future__ import annotations

@@ -13,10 +13,14 @@ minutes_left() {  # whole minutes until DEADLINE (a large number without one)
 if [ -n "$DEADLINE" ] && ! date -d "$DEADLINE" +%s >/dev/null 2>&1; then
   echo "error: DEADLINE='$DEADLINE' is not a time date(1) understands (e.g. 07:15)" >&2; exit 2
 fi
-# A bare clock time already past today means that time tomorrow (a session crossing midnight),
-# fixed once here so every stage counts down to the same instant.
-if [[ "$DEADLINE" =~ ^[0-9]{1,2}:[0-9]{2}$ ]] && [ "$(date -d "$DEADLINE" +%s)" -le "$(date +%s)" ]; then
-  DEADLINE="tomorrow $DEADLINE"
+# Fixed once to an absolute instant, so that every stage counts down to the same moment (a
+# relative "tomorrow 02:15" read again after midnight would move a day on). A bare clock time
+# already past today means that time tomorrow (a session crossing midnight).
+if [ -n "$DEADLINE" ]; then
+  if [[ "$DEADLINE" =~ ^[0-9]{1,2}:[0-9]{2}$ ]] && [ "$(date -d "$DEADLINE" +%s)" -le "$(date +%s)" ]; then
+    DEADLINE="tomorrow $DEADLINE"
+  fi
+  DEADLINE="$(date -d "$DEADLINE" '+%F %T %Z')"
 fi
 
 # until_deadline NAME COMMAND...: run COMMAND under `timeout` at the deadline; exit 3 when it was

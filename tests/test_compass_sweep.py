@@ -82,9 +82,13 @@ def test_a_clock_time_already_past_means_tomorrow():
     ).stdout.strip()
     stages = SCRIPT.parent / "stages.sh"
     out = subprocess.run(
-        ["bash", "-c", f'DEADLINE={earlier}; source "{stages}"; minutes_left'],
+        ["bash", "-c", f'DEADLINE={earlier}; source "{stages}"; echo "$DEADLINE"; minutes_left'],
         capture_output=True,
         text=True,
     )
     assert out.returncode == 0, out.stderr
-    assert 1400 < int(out.stdout.split()[-1]) <= 1440  # about a day away, either side of midnight
+    *_, deadline, minutes = out.stdout.splitlines()
+    assert 1400 < int(minutes) <= 1440  # about a day away, either side of midnight
+    # an absolute instant: a relative "tomorrow HH:MM" read again after midnight moves a day on
+    day = subprocess.run(["date", "-d", "now - 5 minutes + 1 day", "+%F"], capture_output=True)
+    assert deadline.startswith(f"{day.stdout.decode().strip()} {earlier}:00"), deadline
