@@ -137,7 +137,8 @@ def _row(args, name, temperature, navigator: Navigator | None, compass_dir, teac
         "nfe_nominal": args.steps, "nfe_actual": float(args.steps),
         "nfe_per_sample": float(args.steps), "seconds": round(seconds, 4),
         "sec_per_sample": seconds / args.num, "threads": torch.get_num_threads(), "device": "cpu",
-        "study": {**want, "navigation": navigator.stats() if navigator else None},
+        "study": {**want, "navigation": navigator.stats() if navigator else None,
+                  "compass_rows_per_step": args.candidates * args.product if navigator else 0},
         "created": now_iso(), "tsdfm_version": __version__,
     }  # fmt: skip
     write_samples(path, SampleSet(ids=ids, texts=tok.decode_batch(ids.tolist()), meta=meta))
@@ -145,7 +146,7 @@ def _row(args, name, temperature, navigator: Navigator | None, compass_dir, teac
     print(f"== {path.name}: {seconds:.0f} s{gap}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--teacher", required=True, help="teacher run dir (or its model/)")
     ap.add_argument("--steps", type=int, default=16)
@@ -161,7 +162,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out", required=True, help="folder for the samples files")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if min(args.steps, args.candidates, args.num, args.batch_size, args.product) < 1:
         ap.error("--steps, --candidates, --product, --num and --batch-size must be >= 1")
     compasses = []
@@ -183,8 +184,8 @@ def main() -> None:
             c = teacher.config
             nav = Navigator(compass, args.candidates, source=c.source, mask_id=c.mask_id)
             navigators.append((name, nav, directory))
-    except TsdfmError as e:
-        raise SystemExit(f"error: {e}") from None
+    except TsdfmError as e:  # bad input: one line, exit 2, nothing written
+        ap.exit(2, f"error: {e}\n")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for temp in args.temperatures:
         name = "teacher" if temp == 1.0 else f"teacher-T{temp:g}"

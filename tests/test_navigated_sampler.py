@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tsdfm.flow import make_scheduler, sample, sample_source
@@ -100,3 +101,20 @@ def test_product_mode_runs_and_m1_is_the_joint(load_script):
     prod = ns.navigated_sample(teacher, x0, 4, torch.Generator().manual_seed(2), nav, product=5)
     assert torch.equal(joint, m1)
     assert prod.shape == joint.shape and (prod != c.mask_id).all()
+
+
+def test_bad_input_is_one_line_and_exit_2(load_script, tmp_path, capsys):
+    """A missing teacher and a malformed --compass: exit 2, one error line naming the problem,
+    no output folder created."""
+    ns = load_script("navigated_sampler")
+    cases = (
+        (["--teacher", str(tmp_path / "nowhere")], "nowhere"),
+        (["--teacher", str(tmp_path), "--compass", "c010"], "expected NAME=DIR"),
+    )
+    for argv, names in cases:
+        with pytest.raises(SystemExit) as exc:
+            ns.main([*argv, "--out", str(tmp_path / "o")])
+        assert exc.value.code == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "error" in last and names in last, last
+    assert not (tmp_path / "o").exists()
