@@ -49,6 +49,7 @@ from tsdfm.distributed import make_generator
 from tsdfm.errors import TsdfmError
 from tsdfm.flow import filter_logits, make_scheduler, sample_source
 from tsdfm.generation import SampleSet, write_samples
+from tsdfm.generator import resolve_model_dir
 from tsdfm.models import Denoiser, load_pretrained
 from tsdfm.sample_files import meta_path
 from tsdfm.shaping.compass import load_compass
@@ -171,10 +172,8 @@ def main(argv: list[str] | None = None) -> None:
         if not name or not directory:
             ap.error(f"--compass {spec!r}: expected NAME=DIR")
         compasses.append((name, directory))
-    root = Path(args.teacher)
     try:
-        teacher, tok = load_pretrained(root / "model" if (root / "model").is_dir() else root,
-                                       expect=Denoiser)  # fmt: skip
+        teacher, tok = load_pretrained(resolve_model_dir(args.teacher), expect=Denoiser)
         if tok is None:
             raise TsdfmError(f"{args.teacher} has no tokenizer/ directory; cannot decode samples")
         teacher.eval()
